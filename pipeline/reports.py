@@ -1,0 +1,144 @@
+"""Read models for the CLI (and later the web API): status, contacts, insights, threads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from pipeline.contacts import rank_now
+from pipeline.errors import BadInputError
+from pipeline.runs import run_progress
+from pipeline.storage.db import transaction
+from pipeline.storage.models import (
+    Account,
+    Contact,
+    EmbeddingChunk,
+    Failure,
+    Insight,
+    Message,
+    SyncRun,
+    Thread,
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def resolve_account(engine: Engine, email: str | None) -> tuple[int, str]:
+    """The account named, or the only one there is."""
+    with transaction(engine) as s:
+        if email:
+            row = s.execute(select(Account.id, Account.email).where(Account.email == email.lower())).first()
+            if row is None:
+                raise BadInputError(f"no account {email!r}; see `mailpipe status` for the accounts")
+            return int(row[0]), str(row[1])
+        rows = s.execute(select(Account.id, Account.email).order_by(Account.id).limit(2)).all()
+    if not rows:
+        raise BadInputError("no account yet; import a mailbox first: mailpipe import PATH")
+    if len(rows) > 1:
+        raise BadInputError("several accounts; pass --account EMAIL")
+    return int(rows[0][0]), str(rows[0][1])
+
+
+def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with transaction(engine) as s:
+        accounts = s.execute(select(Account).order_by(Account.id)).scalars().all()
+        for a in accounts:
+            def count(model: Any, a_id: int = a.id) -> int:
+                return int(s.execute(
+                    select(func.count()).select_from(model).where(model.account_id == a_id)
+                ).scalar_one())
+            runs = s.execute(
+                select(SyncRun.id).where(SyncRun.account_id == a.id)
+                .order_by(SyncRun.started_at.desc()).limit(recent_runs)
+            ).scalars().all()
+            out.append({
+                "email": a.email,
+                "status": a.status,
+                "messages": count(Message),
+                "threads": int(s.execute(select(func.count()).select_from(Thread).where(
+                    Thread.account_id == a.id, Thread.message_count > 0)).scalar_one()),
+                "contacts": count(Contact),
+                "chunks": count(EmbeddingChunk),
+                "insights": count(Insight),
+                "failures": count(Failure),
+                "runs": [],
+                "_run_ids": list(runs),
+            })
+    for entry in out:
+        entry["runs"] = [_run_dict(engine, rid) for rid in entry.pop("_run_ids")]
+    return out
+
+
+def _run_dict(engine: Engine, run_id: int) -> dict[str, Any]:
+    p = run_progress(engine, run_id)
+    return {
+        "run_id": p.run_id, "mode": p.mode, "status": p.status, "source": p.source,
+        "entries": p.entries, "windows": p.windows_total, "windows_finished": p.windows_finished,
+        "stages": {stage: {"messages_done": done, "failed_windows": p.stage_failed_windows[stage]}
+                   for stage, done in p.stage_done.items()},
+        "new_messages": p.new_messages, "duplicates": p.duplicates, "failed": p.failed_messages,
+        "chunks_embedded": p.chunks_embedded, "started_at": _iso(p.started_at),
+        "finished_at": _iso(p.finished_at), "error": p.error,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRow:
+    email: str
+    name: str
+    company: str | None
+    sent: int
+    received: int
+    threads: int
+    first_seen: str | None
+    last_seen: str | None
+    rank: float
+
+
+def top_contacts(engine: Engine, account_id: int, limit: int, half_life_days: float) -> list[ContactRow]:
+    now = datetime.now(UTC)
+    with transaction(engine) as s:
+        rows = s.execute(
+            select(Contact).where(Contact.account_id == account_id, Contact.rank_key.is_not(None))
+            .order_by(Contact.rank_key.desc(), Contact.id).limit(limit)
+        ).scalars().all()
+    return [
+        ContactRow(
+            email=c.email, name=c.name, company=c.company, sent=c.sent_count, received=c.received_count,
+            threads=c.thread_count, first_seen=_iso(c.first_seen), last_seen=_iso(c.last_seen),
+            rank=round(rank_now(c.rank_log, c.sent_count > 0 and c.received_count > 0, now, half_life_days), 4),
+        )
+        for c in rows
+    ]
+
+
+def insights(engine: Engine, account_id: int, limit: int, needs_reply: str | None = None) -> list[dict[str, Any]]:
+    with transaction(engine) as s:
+        q = (
+            select(Insight, Thread)
+            .join(Thread, Thread.id == Insight.thread_id)
+            .where(Insight.account_id == account_id)
+            .order_by(Thread.last_at.desc().nulls_last(), Thread.id.desc())
+            .limit(limit)
+        )
+        if needs_reply:
+            q = q.where(Insight.needs_reply == needs_reply)
+        rows = s.execute(q).all()
+    return [
+        {
+            "thread_id": t.id, "subject": t.subject, "messages": t.message_count, "last_at": _iso(t.last_at),
+            "category": i.category, "needs_reply": i.needs_reply, "summary": i.summary,
+            "action_items": i.action_items, "source": i.source,
+        }
+        for i, t in rows
+    ]
+
+
+def as_dicts(rows: list[ContactRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]

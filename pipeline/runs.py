@@ -1,0 +1,477 @@
+"""Run and window state in Postgres: the per-account lock, windows, stage transitions, completion.
+
+Celery only carries window ids. Whether a stage ran, failed or is still owed is read from the
+`windows` row, so progress, resume and status need no result backend and no chord.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline.errors import RunConflictError
+from pipeline.records import RawMessage
+from pipeline.storage.db import transaction
+from pipeline.storage.models import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    STAGES,
+    TERMINAL_STATES,
+    Account,
+    Failure,
+    SyncRun,
+    Window,
+    WindowItem,
+)
+
+# Which stage must be done before another may run. Embed and insight need normalized text only,
+# so a contacts failure does not block them.
+UPSTREAM: dict[str, str | None] = {
+    "ingest": None,
+    "normalize": "ingest",
+    "contacts": "normalize",
+    "embed": "normalize",
+    "insight": "normalize",
+}
+
+
+def downstream_of(stage: str) -> list[str]:
+    """Every stage that (transitively) needs `stage`."""
+    out: list[str] = []
+    frontier = [stage]
+    while frontier:
+        current = frontier.pop()
+        for name, up in UPSTREAM.items():
+            if up == current and name not in out:
+                out.append(name)
+                frontier.append(name)
+    return out
+
+
+_TERMINAL_SQL = "('" + "','".join(TERMINAL_STATES) + "')"
+_FINISHED_SQL = " AND ".join(f"{s} IN {_TERMINAL_SQL}" for s in STAGES)
+
+
+@dataclass(frozen=True, slots=True)
+class StageClaim:
+    """What a stage task learns when it claims its stage of a window."""
+
+    window_id: int
+    run_id: int
+    account_id: int
+    attempts: int
+    upstream_state: str | None
+
+
+# ---------------------------------------------------------------- accounts and runs
+
+
+def ensure_account(engine: Engine, email: str, own_addresses: Iterable[str], kind: str = "mbox") -> int:
+    """Create the account or add newly seen own addresses to it; return its id."""
+    own = sorted({a.lower() for a in own_addresses} | {email.lower()})
+    with transaction(engine) as s:
+        stmt = pg_insert(Account).values(email=email.lower(), kind=kind, own_addresses=own)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[Account.email],
+            set_={
+                "own_addresses": text(
+                    "(SELECT array_agg(DISTINCT a ORDER BY a) FROM unnest(accounts.own_addresses || "
+                    "excluded.own_addresses) AS a)"
+                )
+            },
+        ).returning(Account.id)
+        return int(s.execute(upsert).scalar_one())
+
+
+def begin_run(engine: Engine, account_id: int, mode: str, source: str, stale_seconds: float) -> int:
+    """Open a run for the account, taking over a run whose driver is gone.
+
+    The partial unique index on running runs is the lock: two drivers cannot both hold it. A
+    running run is taken over when its driver process on this host no longer exists, or when its
+    heartbeat is older than `stale_seconds` (a driver on another host).
+    """
+    with transaction(engine) as s:
+        for run in s.execute(
+            select(SyncRun).where(SyncRun.account_id == account_id, SyncRun.status == RUNNING).with_for_update()
+        ).scalars():
+            stale = s.execute(
+                select(SyncRun.heartbeat_at < func.now() - text(f"interval '{float(stale_seconds)} seconds'"))
+                .where(SyncRun.id == run.id)
+            ).scalar_one()
+            if stale or driver_is_dead(run.driver):
+                run.status, run.finished_at = "abandoned", func.now()
+                run.error = "its driver stopped; taken over by a new run"
+    try:
+        with transaction(engine) as s:
+            run_id = s.execute(
+                insert(SyncRun)
+                .values(account_id=account_id, mode=mode, source=source, driver=this_driver())
+                .returning(SyncRun.id)
+            ).scalar_one()
+    except IntegrityError as exc:
+        with transaction(engine) as s:
+            active = s.execute(
+                select(SyncRun.id).where(SyncRun.account_id == account_id, SyncRun.status == RUNNING)
+            ).scalar()
+        raise RunConflictError(
+            f"run {active} is already active for this account; wait for it to finish "
+            f"(a run whose process died is taken over after {int(stale_seconds)} s)"
+        ) from exc
+    return int(run_id)
+
+
+def this_driver() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def driver_is_dead(driver: str | None) -> bool:
+    """True only when the driver ran on this host and its process is gone."""
+    if not driver or ":" not in driver:
+        return False
+    host, _, pid = driver.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def abandon_run(engine: Engine, run_id: int, reason: str) -> None:
+    with transaction(engine) as s:
+        s.execute(
+            update(SyncRun)
+            .where(SyncRun.id == run_id, SyncRun.status == RUNNING)
+            .values(status="abandoned", error=reason, finished_at=func.now())
+        )
+
+
+def heartbeat(engine: Engine, run_id: int, entries: int | None = None) -> None:
+    values: dict[str, object] = {"heartbeat_at": func.now()}
+    if entries is not None:
+        values["entries"] = entries
+    with transaction(engine) as s:
+        s.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
+
+
+def end_reading(engine: Engine, run_id: int, entries: int, windows_total: int) -> None:
+    with transaction(engine) as s:
+        s.execute(
+            update(SyncRun)
+            .where(SyncRun.id == run_id)
+            .values(reading_done=True, entries=entries, windows_total=windows_total, heartbeat_at=func.now())
+        )
+    maybe_finish_run(engine, run_id)
+
+
+def fail_run(engine: Engine, run_id: int, reason: str) -> None:
+    with transaction(engine) as s:
+        s.execute(
+            update(SyncRun)
+            .where(SyncRun.id == run_id, SyncRun.status == RUNNING)
+            .values(status=FAILED, error=reason, finished_at=func.now())
+        )
+
+
+def maybe_finish_run(engine: Engine, run_id: int) -> bool:
+    """Mark the run done once reading is over and every window is finished. Safe to call often."""
+    with transaction(engine) as s:
+        result = s.execute(
+            text(
+                "UPDATE sync_runs SET status = 'done', finished_at = now() "
+                "WHERE id = :id AND status = 'running' AND reading_done "
+                "AND NOT EXISTS (SELECT 1 FROM windows WHERE run_id = :id AND NOT finished)"
+            ),
+            {"id": run_id},
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- windows
+
+
+def add_window(engine: Engine, run_id: int, seq: int, messages: Sequence[RawMessage]) -> int:
+    """Save a window and its message references durably, before any task sees its id."""
+    with transaction(engine) as s:
+        window_id = s.execute(
+            insert(Window).values(run_id=run_id, seq=seq, size=len(messages)).returning(Window.id)
+        ).scalar_one()
+        s.execute(
+            insert(WindowItem),
+            [
+                {
+                    "window_id": window_id,
+                    "position": i,
+                    "source_ref": m.source_ref,
+                    "raw": m.raw,
+                    "gmail_thread_id": m.gmail_thread_id,
+                    "labels": list(m.labels),
+                }
+                for i, m in enumerate(messages)
+            ],
+        )
+        s.execute(update(SyncRun).where(SyncRun.id == run_id).values(heartbeat_at=func.now()))
+    return int(window_id)
+
+
+def open_windows(engine: Engine, run_id: int) -> int:
+    with transaction(engine) as s:
+        return int(
+            s.execute(
+                select(func.count()).select_from(Window).where(Window.run_id == run_id, ~Window.finished)
+            ).scalar_one()
+        )
+
+
+def open_window_ids(engine: Engine, run_id: int) -> list[int]:
+    with transaction(engine) as s:
+        rows = s.execute(select(Window.id).where(Window.run_id == run_id, ~Window.finished).order_by(Window.seq))
+        return [int(r) for r in rows.scalars()]
+
+
+def settle_claim(engine: Engine, window_id: int, stage: str) -> None:
+    """Undo a claim's delivery count: the task ended on its own (retry), it was not killed."""
+    _check_stage(stage)
+    with transaction(engine) as s:
+        s.execute(
+            text(
+                f"UPDATE windows SET attempts = jsonb_set(attempts, '{{{stage}}}', "
+                f"to_jsonb(greatest(coalesce((attempts->>'{stage}')::int, 0) - 1, 0))) WHERE id = :id"
+            ),
+            {"id": window_id},
+        )
+
+
+def stalled_windows(engine: Engine, run_id: int, idle_seconds: float) -> list[int]:
+    """Unfinished windows whose row has not moved for `idle_seconds` (their task was lost)."""
+    with transaction(engine) as s:
+        rows = s.execute(
+            select(Window.id).where(
+                Window.run_id == run_id,
+                ~Window.finished,
+                Window.updated_at < func.now() - text(f"interval '{float(idle_seconds)} seconds'"),
+            )
+        )
+        return [int(r) for r in rows.scalars()]
+
+
+def touch_windows(engine: Engine, window_ids: Sequence[int]) -> None:
+    with transaction(engine) as s:
+        s.execute(update(Window).where(Window.id.in_(window_ids)).values(updated_at=func.now()))
+
+
+def claim_stage(engine: Engine, window_id: int, stage: str) -> StageClaim | None:
+    """Mark the stage running and count the delivery; None when the stage is already terminal."""
+    _check_stage(stage)
+    up = UPSTREAM[stage]
+    with transaction(engine) as s:
+        row = s.execute(
+            text(
+                f"UPDATE windows w SET {stage} = 'running', updated_at = now(), "
+                f"attempts = jsonb_set(w.attempts, '{{{stage}}}', "
+                f"to_jsonb(coalesce((w.attempts->>'{stage}')::int, 0) + 1)) "
+                f"FROM sync_runs r WHERE w.id = :id AND r.id = w.run_id AND w.{stage} NOT IN {_TERMINAL_SQL} "
+                f"RETURNING w.run_id, r.account_id, (w.attempts->>'{stage}')::int, "
+                + (f"w.{up}" if up else "NULL")
+            ),
+            {"id": window_id},
+        ).first()
+    if row is None:
+        return None
+    return StageClaim(window_id, int(row[0]), int(row[1]), int(row[2]), row[3])
+
+
+def complete_stage(session: Session, window_id: int, stage: str, **counters: int) -> None:
+    """Mark the stage done inside the caller's transaction, so the work and the mark commit together."""
+    _set_stage(session, window_id, stage, DONE, None, counters)
+
+
+def fail_stage(engine: Engine, claim: StageClaim, stage: str, error_class: str, reason: str) -> None:
+    """Mark the stage failed, block what depends on it, and record why."""
+    with transaction(engine) as s:
+        _set_stage(s, claim.window_id, stage, FAILED, f"{stage}: {error_class}: {reason}", {})
+        for blocked in downstream_of(stage):
+            s.execute(
+                text(
+                    f"UPDATE windows SET {blocked} = 'skipped' WHERE id = :id AND {blocked} NOT IN {_TERMINAL_SQL}"
+                ),
+                {"id": claim.window_id},
+            )
+        _finish_if_complete(s, claim.window_id)
+        record_failure(s, claim.account_id, claim.run_id, claim.window_id, "window", stage, error_class, reason)
+    maybe_finish_run(engine, claim.run_id)
+
+
+def skip_stage(engine: Engine, claim: StageClaim, stage: str) -> None:
+    with transaction(engine) as s:
+        _set_stage(s, claim.window_id, stage, SKIPPED, None, {})
+    maybe_finish_run(engine, claim.run_id)
+
+
+def _set_stage(
+    session: Session, window_id: int, stage: str, state: str, error: str | None, counters: dict[str, int]
+) -> None:
+    _check_stage(stage)
+    sets = [f"{stage} = :state", "updated_at = now()"]
+    params: dict[str, object] = {"id": window_id, "state": state}
+    if error is not None:
+        sets.append("error = :error")
+        params["error"] = error
+    for name, value in counters.items():
+        if name not in ("new_messages", "duplicates", "failed", "chunks_embedded"):
+            raise ValueError(f"unknown window counter {name}")
+        sets.append(f"{name} = :{name}")
+        params[name] = value
+    session.execute(text(f"UPDATE windows SET {', '.join(sets)} WHERE id = :id"), params)
+    _finish_if_complete(session, window_id)
+
+
+def _finish_if_complete(session: Session, window_id: int) -> None:
+    # A separate statement so it sees the row as just updated (and, under concurrent updates of
+    # the same row, the other transaction's committed version).
+    session.execute(
+        text(f"UPDATE windows SET finished = true WHERE id = :id AND NOT finished AND {_FINISHED_SQL}"),
+        {"id": window_id},
+    )
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+
+
+def record_failure(
+    session: Session,
+    account_id: int,
+    run_id: int | None,
+    window_id: int | None,
+    item_ref: str,
+    stage: str,
+    error_class: str,
+    reason: str,
+) -> None:
+    session.execute(
+        pg_insert(Failure)
+        .values(
+            account_id=account_id,
+            run_id=run_id,
+            window_id=window_id,
+            item_ref=item_ref,
+            stage=stage,
+            error_class=error_class,
+            reason=reason[:2000],
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+# ---------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgress:
+    run_id: int
+    account_id: int
+    status: str
+    mode: str
+    source: str
+    reading_done: bool
+    entries: int
+    windows_total: int
+    windows_finished: int
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    stage_done: dict[str, int]  # messages whose window finished the stage (done, failed or skipped)
+    stage_failed_windows: dict[str, int]
+    new_messages: int
+    duplicates: int
+    failed_messages: int
+    chunks_embedded: int
+
+
+def run_progress(engine: Engine, run_id: int) -> RunProgress:
+    stage_sums = ", ".join(
+        f"coalesce(sum(size) FILTER (WHERE {s} IN {_TERMINAL_SQL}), 0), "
+        f"count(*) FILTER (WHERE {s} = 'failed')"
+        for s in STAGES
+    )
+    with transaction(engine) as s:
+        run = s.get_one(SyncRun, run_id)
+        row = s.execute(
+            text(
+                f"SELECT count(*) FILTER (WHERE finished), {stage_sums}, "
+                "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), "
+                "coalesce(sum(chunks_embedded), 0) FROM windows WHERE run_id = :id"
+            ),
+            {"id": run_id},
+        ).one()
+        failed = s.execute(
+            select(func.count(func.distinct(Failure.item_ref))).where(
+                Failure.run_id == run_id, Failure.item_ref != "window"
+            )
+        ).scalar_one()
+    done = {st: int(row[1 + 2 * i]) for i, st in enumerate(STAGES)}
+    failed_windows = {st: int(row[2 + 2 * i]) for i, st in enumerate(STAGES)}
+    tail = 1 + 2 * len(STAGES)
+    return RunProgress(
+        run_id=run.id,
+        account_id=run.account_id,
+        status=run.status,
+        mode=run.mode,
+        source=run.source,
+        reading_done=run.reading_done,
+        entries=run.entries,
+        windows_total=run.windows_total,
+        windows_finished=int(row[0]),
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        error=run.error,
+        stage_done=done,
+        stage_failed_windows=failed_windows,
+        new_messages=int(row[tail]),
+        duplicates=int(row[tail + 1]),
+        failed_messages=int(failed),
+        chunks_embedded=int(row[tail + 2]),
+    )
+
+
+__all__ = [
+    "PENDING",
+    "RunProgress",
+    "StageClaim",
+    "abandon_run",
+    "add_window",
+    "begin_run",
+    "claim_stage",
+    "complete_stage",
+    "downstream_of",
+    "end_reading",
+    "ensure_account",
+    "fail_run",
+    "fail_stage",
+    "heartbeat",
+    "maybe_finish_run",
+    "open_window_ids",
+    "open_windows",
+    "settle_claim",
+    "record_failure",
+    "run_progress",
+    "skip_stage",
+    "stalled_windows",
+    "touch_windows",
+]

@@ -1,0 +1,53 @@
+"""The one settings object, built from the environment (prefix MAILPIPE_) and passed down."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mailpipe"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILPIPE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Data folder (embedded Postgres, logs).")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of a PostgreSQL with pgvector; unset: embedded server."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (e.g. redis://...); unset: kombu's SQLAlchemy transport."
+    )
+    window_size: int = Field(default=200, ge=1, le=5000, description="Messages per window.")
+    windows_in_flight: int = Field(default=4, ge=1, le=256, description="Windows in flight per account.")
+    embedder: str = Field(default="local", description="'local' (MiniLM on CPU) or 'none'.")
+    embed_batch_size: int = Field(default=64, ge=1)
+    worker_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    max_deliveries: int = Field(default=5, ge=1, description="Redeliveries of one task before quarantine.")
+    stage_soft_time_limit: float = Field(default=600.0, gt=0)
+    stage_time_limit: float = Field(default=660.0, gt=0)
+    contact_half_life_days: float = Field(default=180.0, gt=0)
+    run_stale_seconds: float = Field(
+        default=120.0, gt=0, description="A running run whose driver is silent this long may be taken over."
+    )
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for a process that has no other way to receive them (a Celery worker)."""
+    return Settings()

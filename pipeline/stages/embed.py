@@ -1,0 +1,85 @@
+"""Embed: chunk each message's new text and embed only chunks whose content hash is new.
+
+A chunk whose hash already exists anywhere for this model reuses that vector; chunks of a
+message that its new text no longer produces (orphans) are deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from pipeline.embeddings import Embedder
+from pipeline.embeddings.chunking import chunk_text
+from pipeline.records import Chunk
+from pipeline.runs import StageClaim
+from pipeline.stages.normalize import window_messages
+from pipeline.storage.models import EmbeddingChunk, Message
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingTools:
+    embedder: Embedder
+    tokenizer: Any  # tokenizers.Tokenizer
+    max_tokens: int = 256
+
+
+def embed_window(session: Session, claim: StageClaim, tools: EmbeddingTools) -> dict[str, int]:
+    messages = [m for m in window_messages(session, claim.window_id, Message.embedded_at) if m.normalized_at]
+    wanted: dict[int, list[Chunk]] = {m.id: _chunks(m, tools) for m in messages}
+    all_hashes = {c.content_hash for cs in wanted.values() for c in cs}
+    known = _known_vectors(session, all_hashes, tools.embedder.name)
+    missing = sorted({c.content_hash: c.text for cs in wanted.values() for c in cs
+                      if c.content_hash not in known}.items())
+    if missing:
+        vectors = tools.embedder.embed([t for _, t in missing])
+        known.update({h: v for (h, _), v in zip(missing, vectors, strict=True)})
+    rows: list[dict[str, Any]] = []
+    for m in messages:
+        chunks = wanted[m.id]
+        session.execute(
+            delete(EmbeddingChunk).where(
+                EmbeddingChunk.message_id == m.id,
+                EmbeddingChunk.content_hash.not_in([c.content_hash for c in chunks]),
+            )
+        )
+        rows.extend(
+            {
+                "message_id": m.id, "account_id": m.account_id, "chunk_index": c.index,
+                "content_hash": c.content_hash, "model": tools.embedder.name, "text": c.text,
+                "embedding": known[c.content_hash],
+            }
+            for c in chunks
+        )
+        m.embedded_at = func.now()
+    for start in range(0, len(rows), 500):
+        session.execute(
+            pg_insert(EmbeddingChunk).values(rows[start : start + 500]).on_conflict_do_nothing(
+                index_elements=[EmbeddingChunk.message_id, EmbeddingChunk.content_hash]
+            )
+        )
+    return {"chunks_embedded": len(missing)}
+
+
+def _chunks(m: Message, tools: EmbeddingTools) -> list[Chunk]:
+    sender = m.from_name or m.from_email or ""
+    if m.from_name and m.from_email:
+        sender = f"{m.from_name} <{m.from_email}>"
+    body = m.stripped_text or m.full_text or ""
+    return chunk_text(m.subject or "", sender, body, tools.tokenizer, model=tools.embedder.name,
+                      max_tokens=tools.max_tokens)
+
+
+def _known_vectors(session: Session, hashes: set[str], model: str) -> dict[str, Any]:
+    if not hashes:
+        return {}
+    rows = session.execute(
+        select(EmbeddingChunk.content_hash, EmbeddingChunk.embedding)
+        .where(EmbeddingChunk.content_hash.in_(sorted(hashes)), EmbeddingChunk.model == model)
+        .distinct(EmbeddingChunk.content_hash)
+    ).all()
+    return {h: v for h, v in rows}

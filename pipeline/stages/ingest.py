@@ -1,0 +1,99 @@
+"""Ingest: move each saved message reference into `messages`, deduplicated by RFC Message-ID.
+
+Only the header block is parsed here (for the Message-ID); the full parse is normalize's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from pipeline.errors import ParseError
+from pipeline.normalize import message_key
+from pipeline.normalize.headers import clean_message_id
+from pipeline.records import ParsedMessage
+from pipeline.runs import StageClaim, record_failure
+from pipeline.storage.models import Message, WindowItem
+
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+
+def identify(raw: bytes) -> tuple[str, str | None]:
+    """The message's key and its RFC Message-ID (None when it has none)."""
+    if not raw.strip():
+        raise ParseError("empty message")
+    headers = _HEADER_PARSER.parsebytes(raw)
+    if not headers.keys():
+        raise ParseError("no header found")
+    message_id = clean_message_id(str(headers.get("Message-ID", "") or ""))
+    stub = ParsedMessage(message_id=message_id, subject="", from_=None)
+    return message_key(stub, raw), message_id
+
+def ingest_window(session: Session, claim: StageClaim) -> dict[str, int]:
+    items = session.execute(
+        select(WindowItem)
+        .where(WindowItem.window_id == claim.window_id, WindowItem.outcome.is_(None))
+        .order_by(WindowItem.position)
+    ).scalars()
+    new = duplicates = failed = 0
+    for item in items:
+        raw = item.raw or b""
+        try:
+            key, rfc_id = identify(raw)
+        except ParseError as exc:
+            record_failure(
+                session, claim.account_id, claim.run_id, claim.window_id, item.source_ref, "ingest",
+                "permanent", str(exc),
+            )
+            item.outcome, item.raw = "failed", None
+            failed += 1
+            continue
+        message_id = session.execute(
+            pg_insert(Message)
+            .values(
+                account_id=claim.account_id,
+                message_key=key,
+                rfc_message_id=rfc_id,
+                source_ref=item.source_ref,
+                gmail_thread_id=item.gmail_thread_id,
+                labels=item.labels,
+                raw=raw,
+                size=len(raw),
+                content_hash=hashlib.sha256(raw).hexdigest(),
+            )
+            .on_conflict_do_nothing(index_elements=[Message.account_id, Message.message_key])
+            .returning(Message.id)
+        ).scalar()
+        if message_id is None:
+            message_id = session.execute(
+                select(Message.id).where(Message.account_id == claim.account_id, Message.message_key == key)
+            ).scalar_one()
+            item.outcome = "duplicate"
+            duplicates += 1
+        else:
+            item.outcome = "new"
+            new += 1
+        item.message_id, item.raw = message_id, None
+    session.flush()
+    # Counters are totals over the window's items, so a redelivered task recounts, never adds.
+    totals = _item_totals(session, claim.window_id)
+    return {"new_messages": totals["new"], "duplicates": totals["duplicate"], "failed": totals["failed"]}
+
+def _item_totals(session: Session, window_id: int) -> dict[str, int]:
+
+    rows = session.execute(
+        select(WindowItem.outcome, func.count())
+        .where(WindowItem.window_id == window_id)
+        .group_by(WindowItem.outcome)
+    ).all()
+    totals = {"new": 0, "duplicate": 0, "failed": 0}
+    for outcome, count in rows:
+        if outcome in totals:
+            totals[outcome] = int(count)
+    return totals
+
+__all__ = ["identify", "ingest_window"]

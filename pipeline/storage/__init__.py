@@ -1,0 +1,1 @@
+"""Persistence: the SQLAlchemy models, the database connection and the embedded PostgreSQL."""

@@ -1,0 +1,89 @@
+"""Database connection: one engine per process, built from settings, and schema migrations."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.settings import Settings
+from pipeline.storage.embedded import start_embedded_postgres
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+
+
+def database_url(settings: Settings) -> str:
+    """The URL to use: the configured one, or the embedded server's (started if needed)."""
+    if settings.database_url:
+        return normalize_url(settings.database_url)
+    return start_embedded_postgres(settings.pgdata)
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain postgres:// URLs and point them at psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def engine_for(url: str, *, pool_size: int = 5) -> Engine:
+    """One engine per URL per process (workers fork: engines are made after the fork)."""
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_engine(url, pool_size=pool_size, max_overflow=5, pool_pre_ping=True)
+            _set_statement_timeout(engine)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Drop pooled connections, e.g. in a forked child that must not share its parent's sockets."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()
+
+
+def _set_statement_timeout(engine: Engine) -> None:
+    # A runaway query should fail the task, not hang a worker past its time limit.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '300s'")
+        dbapi_conn.commit()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def alembic_config(url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to head. Concurrent callers serialize on an advisory lock in env.py."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")

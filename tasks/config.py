@@ -1,0 +1,66 @@
+"""Celery configuration derived from the one Settings object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from pipeline.settings import Settings
+
+QUEUES = ("ingest", "normalize", "ai")
+ROUTES = {
+    "mailpipe.ingest": {"queue": "ingest"},
+    "mailpipe.normalize": {"queue": "normalize"},
+    "mailpipe.contacts": {"queue": "normalize"},
+    "mailpipe.embed": {"queue": "ai"},
+    "mailpipe.insight": {"queue": "ai"},
+}
+MAX_COUNTDOWN_SECONDS = 600  # longest retry backoff a stage asks for; part of the visibility timeout
+
+
+def broker_url_for(settings: Settings, database_url: str) -> str:
+    """The configured broker, or kombu's SQLAlchemy transport on mailpipe's own database."""
+    if settings.broker_url:
+        return settings.broker_url
+    return "sqla+" + database_url
+
+
+def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
+    broker = broker_url_for(settings, database_url)
+    # A message unacknowledged for longer than this is handed to another worker: it must outlast the
+    # longest task plus its longest countdown, or tasks run twice (DESIGN.md §4).
+    visibility = int(settings.stage_time_limit + MAX_COUNTDOWN_SECONDS + 300)
+    transport: dict[str, Any] = {}
+    if broker.startswith(("redis://", "rediss://")):
+        transport = {
+            "visibility_timeout": visibility,
+            "health_check_interval": 10,
+            "socket_keepalive": True,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "retry_on_timeout": True,
+        }
+    elif broker.startswith("sqla+"):
+        transport = {"polling_interval": 0.05}
+    return {
+        "broker_url": broker,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,  # state lives in Postgres; no result backend is needed
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.stage_soft_time_limit,
+        "task_time_limit": settings.stage_time_limit,
+        "task_queues": [Queue(q) for q in QUEUES],
+        "task_default_queue": "normalize",
+        "task_routes": ROUTES,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_send_task_events": broker.startswith(("redis://", "rediss://", "amqp://")),
+        "task_send_sent_event": broker.startswith(("redis://", "rediss://", "amqp://")),
+        "worker_enable_remote_control": not broker.startswith("sqla+"),
+        "worker_hijack_root_logger": False,
+        "worker_max_memory_per_child": 1_500_000,  # KiB: a child that leaks is replaced between tasks
+    }

@@ -1,0 +1,37 @@
+"""Per-process resources for workers: settings, the engine, the embedder (made after fork, lazily)."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from sqlalchemy import Engine
+
+from pipeline.settings import Settings, get_settings
+from pipeline.stages.embed import EmbeddingTools
+from pipeline.storage.db import database_url, engine_for
+
+
+@cache
+def resolved_database_url() -> str:
+    return database_url(get_settings())
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def engine() -> Engine:
+    return engine_for(resolved_database_url(), pool_size=2)
+
+
+@cache
+def embedding_tools() -> EmbeddingTools:
+    from pipeline.embeddings.chunking import load_tokenizer
+    from pipeline.embeddings.local import LocalEmbedder, bundled_model_dir
+
+    s = get_settings()
+    # Worker children share the cores; one torch thread each keeps them from fighting.
+    threads = max(1, (os.cpu_count() or 1) // max(1, s.worker_concurrency))
+    embedder = LocalEmbedder(batch_size=s.embed_batch_size, threads=threads)
+    return EmbeddingTools(embedder=embedder, tokenizer=load_tokenizer(bundled_model_dir()))

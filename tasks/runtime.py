@@ -1,0 +1,59 @@
+"""What a CLI command needs around it: the database (embedded if unset), the schema, the workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from pipeline.settings import Settings, get_settings
+from pipeline.storage.db import database_url, engine_for, migrate
+from tasks.config import broker_url_for
+from tasks.workers import WorkerPool
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    database_url: str
+    broker_url: str
+    pool: WorkerPool | None
+
+    def dispatch(self, window_id: int) -> None:
+        from tasks.chains import dispatch_window
+
+        dispatch_window(window_id)
+
+    def alive(self) -> bool:
+        return self.pool.check() if self.pool else False
+
+    @property
+    def alive_check(self) -> Callable[[], bool] | None:
+        return self.alive if self.pool else None
+
+
+@contextmanager
+def runtime(settings: Settings, *, workers: bool = False) -> Iterator[Runtime]:
+    """Open the database (migrated) and, when asked and no broker is configured, a worker pool."""
+    url = database_url(settings)
+    migrate(url)
+    broker = broker_url_for(settings, url)
+    # Workers and the Celery app read the same URLs from the environment.
+    os.environ["MAILPIPE_DATABASE_URL"] = url
+    os.environ["MAILPIPE_BROKER_URL"] = broker
+    get_settings.cache_clear()
+    pool = None
+    if workers and not settings.broker_url:
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        pool = WorkerPool(env, settings.worker_concurrency, settings.home / "logs" / "worker.log")
+        pool.start()
+    try:
+        yield Runtime(settings, engine_for(url), url, broker, pool)
+    finally:
+        if pool:
+            pool.stop()

@@ -1,0 +1,133 @@
+"""Fixtures for real resources: an embedded PostgreSQL with pgvector, Redis, a Celery worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+REDIS_URL = os.environ.get("MAILPIPE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from pipeline.storage.db import migrate
+    from pipeline.storage.embedded import start_embedded_postgres
+
+    url = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def mailpipe_env(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment every process of the test session shares (this one and the worker's)."""
+    env = {
+        "MAILPIPE_DATABASE_URL": pg_url,
+        "MAILPIPE_BROKER_URL": REDIS_URL,
+        "MAILPIPE_HOME": str(tmp_path_factory.mktemp("home")),
+        "MAILPIPE_WINDOW_SIZE": "50",
+        "MAILPIPE_WINDOWS_IN_FLIGHT": "3",
+        "MAILPIPE_WORKER_CONCURRENCY": "2",
+        "HF_HUB_OFFLINE": "1",
+    }
+    os.environ.update(env)
+    from pipeline.settings import get_settings
+    from tasks import context
+
+    get_settings.cache_clear()
+    context.resolved_database_url.cache_clear()
+    return env
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Engine]:
+    """The test database, emptied before each test."""
+    from pipeline.storage.db import engine_for
+    from pipeline.storage.models import Base
+
+    eng = engine_for(pg_url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with eng.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield eng
+
+
+@pytest.fixture(scope="session")
+def redis_broker() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"Redis must answer at {REDIS_URL} (.ci/run starts it): {exc}")
+    client.flushdb()
+    return REDIS_URL
+
+
+class WorkerProcess:
+    """A real `celery -A tasks worker` subprocess (prefork) on every queue."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "ingest,normalize,ai",
+                 "-c", self.env.get("MAILPIPE_WORKER_CONCURRENCY", "2"), "--pool", "prefork", "-l", "INFO",
+                 "-n", f"test-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
+                cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        from tasks.app import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log: {self.log.read_text()[-3000:]}")
+            if app.control.ping(timeout=0.5):
+                return
+        raise RuntimeError(f"worker not ready after {timeout} s; log: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and its children), as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(mailpipe_env: dict[str, str], redis_broker: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(mailpipe_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_mbox() -> Path:
+    return ROOT / "pipeline" / "samples" / "sample.mbox"
