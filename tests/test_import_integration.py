@@ -90,7 +90,7 @@ def test_generated_mailbox_counts_are_exact(engine: Engine, worker, tmp_path: Pa
     from bench.generate import generate_mbox
 
     path = tmp_path / "gen.mbox"
-    generate_mbox(path, 600, seed=7)
+    generate_mbox(path, 300, seed=7)
     facts = mbox_facts(path)
     summary = _import(engine, path)
     assert summary.new_messages == facts.messages

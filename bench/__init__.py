@@ -1,0 +1,1 @@
+"""Benchmarks and test-data generators for mailpipe (not shipped in the wheel)."""

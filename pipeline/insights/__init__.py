@@ -1,0 +1,1 @@
+"""Per-message categories and per-thread insights."""

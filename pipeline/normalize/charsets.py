@@ -1,0 +1,73 @@
+"""Bytes -> text for body parts and headers whose charset is missing, unknown or lying."""
+
+from __future__ import annotations
+
+import re
+
+from charset_normalizer import from_bytes
+
+# Labels mail uses that Python does not know, or knows as a narrower set than senders mean
+# (browsers decode latin-1 as cp1252 and GB2312 as GB18030 for the same reason).
+_ALIASES = {
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "iso-8859-8-i": "iso-8859-8",
+    "iso-8859-6-i": "iso-8859-6",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "windows-874": "cp874",
+    "x-mac-roman": "mac_roman",
+    "macintosh": "mac_roman",
+    "utf-8": "utf-8-sig",  # drops a leading BOM
+    "utf8": "utf-8-sig",
+}
+# charset-normalizer's cost grows with input; its verdict on the first 64 KB holds for the rest.
+_DETECTION_SAMPLE = 64 * 1024
+_META_CHARSET_RE = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+
+
+def decode_bytes(data: bytes, declared: str | None, where: str, defects: list[str]) -> str:
+    """Decode `data` as `declared`; when that is missing, unknown or wrong, detect and say so."""
+    if declared:
+        codec = _ALIASES.get(declared.strip().lower(), declared.strip())
+        try:
+            return data.decode(codec)
+        except LookupError:
+            reason = f"unknown charset {declared!r}"
+        except UnicodeDecodeError:
+            reason = f"declared charset {declared!r} does not decode"
+    elif data.isascii():
+        return data.decode("ascii")
+    else:
+        reason = "no charset declared"
+    said_utf8 = declared is not None and declared.strip().lower() in ("utf-8", "utf8")
+    text, detected = detect_and_decode(data, skip_utf8=said_utf8)
+    defects.append(f"{where}: {reason}; decoded as {detected}")
+    return text
+
+
+def detect_and_decode(data: bytes, *, skip_utf8: bool = False) -> tuple[str, str]:
+    """(text, encoding used) for bytes of unknown encoding; never raises."""
+    if not skip_utf8:
+        # Non-ASCII bytes that form valid UTF-8 are almost never anything else; and cheap to check.
+        try:
+            return data.decode("utf-8-sig"), "utf-8"
+        except UnicodeDecodeError:
+            pass
+    best = from_bytes(data[:_DETECTION_SAMPLE]).best()
+    if best is not None and best.encoding:
+        try:
+            return data.decode(best.encoding, errors="replace"), best.encoding
+        except LookupError:
+            pass
+    return data.decode("cp1252", errors="replace"), "cp1252"
+
+
+def html_meta_charset(data: bytes) -> str | None:
+    """The charset an HTML part declares in a <meta> tag, for parts whose MIME header omits it."""
+    match = _META_CHARSET_RE.search(data, 0, 4096)
+    return match.group(1).decode("ascii") if match else None

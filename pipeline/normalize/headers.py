@@ -1,0 +1,257 @@
+"""Header fields, each read with its own fallback, so one broken header costs only itself.
+
+Address headers and Subject go through `policy.default`'s header registry (RFC 2047 names, groups,
+quoting). The registry has bugs that real mail hits: `To: unlisted-recipients:; (no To-header on
+input)` raises AttributeError inside it. Any exception there sends that one header down the
+compat32 road (`email.utils.getaddresses` or `email.header.decode_header` on the raw value) and
+leaves a defect. The other headers are simple enough to read from the raw values directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import email.header
+import email.utils
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import Message
+from typing import Any
+
+from pipeline.normalize.charsets import decode_bytes, detect_and_decode
+from pipeline.records import Address
+
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+_BRACKETED_ID_RE = re.compile(r"<([^<>]*)>")
+_ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
+# Plain ASCII "Name <a@b.c>, d@e.f" lists, where getaddresses and the registry agree and the
+# registry costs ten times more. Anything with quotes, comments, groups or encoded words is not.
+_ADDR = r"[^<>\s\"(),:;@\\]+@[^<>\s\"(),:;@\\]+"
+_SIMPLE_ENTRY = rf"(?:[A-Za-z0-9 ._'-]*<{_ADDR}>|{_ADDR})"
+_SIMPLE_ADDRESS_LIST_RE = re.compile(rf"\s*{_SIMPLE_ENTRY}(?:\s*,\s*{_SIMPLE_ENTRY})*\s*,?\s*")
+MAX_MESSAGE_ID_LENGTH = 998  # RFC 5322's line limit; anything longer is not an id
+
+
+@dataclass(slots=True)
+class Headers:
+    message_id: str | None = None
+    subject: str = ""
+    addresses: dict[str, list[Address]] = field(default_factory=dict)  # by lower-case header name
+    delivered_to: list[str] = field(default_factory=list)
+    date: datetime | None = None
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    gmail_thread_id: str | None = None
+    labels: list[str] = field(default_factory=list)
+    list_id: str | None = None
+    list_unsubscribe: str | None = None
+    precedence: str | None = None
+    auto_submitted: str | None = None
+
+
+def read_headers(msg: Message, defects: list[str]) -> Headers:
+    raw = raw_headers(msg)
+    first = {name: values[0] for name, values in raw.items()}
+    return Headers(
+        message_id=_message_id(first.get("message-id"), defects),
+        subject=_subject(msg, first.get("subject"), defects),
+        addresses={name: _addresses(msg, name, raw.get(name, []), defects) for name in _ADDRESS_HEADERS},
+        delivered_to=_delivered_to(raw.get("delivered-to", [])),
+        date=_date(first.get("date"), defects),
+        in_reply_to=next(iter(message_ids(" ".join(raw.get("in-reply-to", [])))), None),
+        references=message_ids(" ".join(raw.get("references", []))),
+        gmail_thread_id=_token(first.get("x-gm-thrid")),
+        labels=parse_labels(",".join(raw.get("x-gmail-labels", [])), defects),
+        list_id=_text_value(first.get("list-id"), defects, "List-Id"),
+        list_unsubscribe=_text_value(first.get("list-unsubscribe"), defects, "List-Unsubscribe"),
+        precedence=_lower_token(first.get("precedence")),
+        auto_submitted=_lower_token(first.get("auto-submitted")),
+    )
+
+
+def raw_headers(msg: Message) -> dict[str, list[str]]:
+    """Header values as found (unfolded), by lower-case name, without touching the registry."""
+    out: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        out.setdefault(name.lower(), []).append(_FOLD_RE.sub("", str(value)).strip())
+    return out
+
+
+def header_text(msg: Message, name: str) -> str:
+    """One header as display text, whatever state it is in ("" when absent)."""
+    try:
+        value = msg.get(name)
+        return "" if value is None else " ".join(str(value).split())
+    except Exception:  # the registry's bugs: see the module docstring
+        values = raw_headers(msg).get(name.lower())
+        return decode_words(values[0], name, []) if values else ""
+
+
+# --- addresses ------------------------------------------------------------------------------
+
+
+def _addresses(msg: Message, name: str, values: list[str], defects: list[str]) -> list[Address]:
+    if not values:
+        return []
+    if all(_SIMPLE_ADDRESS_LIST_RE.fullmatch(v) for v in values):
+        return [Address(n, a) for n, a in email.utils.getaddresses(values) if "@" in a]
+    title = _title(name)
+    try:
+        found: list[Address] = []
+        # Registry header objects; after a compat32 re-parse they are str and fail here on purpose.
+        parsed: list[Any] = msg.get_all(name) or []
+        for header in parsed:
+            found.extend(
+                Address(_unescape(a.display_name, title, defects), _unescape(a.addr_spec, title, defects))
+                for a in header.addresses
+            )
+            defects.extend(f"header {title}: {d}" for d in getattr(header, "defects", ()))
+    except Exception as exc:  # the registry raises assorted types on malformed input
+        defects.append(f"header {title}: fell back to compat32: {type(exc).__name__}: {exc}")
+        found = _addresses_compat32(values, title, defects)
+    return [a for a in found if "@" in a.email]
+
+
+def _addresses_compat32(values: list[str], title: str, defects: list[str]) -> list[Address]:
+    pairs = email.utils.getaddresses([_unescape(v) for v in values])
+    return [Address(decode_words(name, title, defects), addr.strip()) for name, addr in pairs if addr]
+
+
+def _delivered_to(values: list[str]) -> list[str]:
+    return [addr for _, addr in email.utils.getaddresses([_unescape(v) for v in values]) if "@" in addr]
+
+
+# --- ids ------------------------------------------------------------------------------------
+
+
+def message_ids(value: str) -> list[str]:
+    """Ids in order of appearance, without brackets or duplicates; bare ids when none is bracketed."""
+    found = ["".join(inner.split()) for inner in _BRACKETED_ID_RE.findall(value)]
+    if not found:
+        found = [token.strip("<>\"'") for token in re.split(r"[\s,]+", value) if "@" in token]
+    return list(dict.fromkeys(i for i in found if i and len(i) <= MAX_MESSAGE_ID_LENGTH))
+
+
+def _message_id(value: str | None, defects: list[str]) -> str | None:
+    if value is None:
+        return None
+    ids = message_ids(value)
+    if not ids:
+        token = value.strip().strip("<>").strip()
+        if not token or " " in token or len(token) > MAX_MESSAGE_ID_LENGTH:
+            defects.append(f"header Message-ID: unusable {value[:80]!r}")
+            return None
+        ids = [token]
+    if "<" not in value:
+        defects.append("header Message-ID: no angle brackets")
+    if len(ids) > 1:
+        defects.append(f"header Message-ID: {len(ids)} ids, kept the first")
+    return ids[0]
+
+
+# --- text headers ---------------------------------------------------------------------------
+
+
+def _subject(msg: Message, raw: str | None, defects: list[str]) -> str:
+    if raw is None:
+        return ""
+    try:
+        subject = str(msg.get("subject", ""))
+    except Exception as exc:
+        defects.append(f"header Subject: fell back to raw decoding: {type(exc).__name__}: {exc}")
+        return decode_words(raw, "Subject", defects)
+    if "\ufffd" in subject and "\ufffd" not in raw:
+        # The registry replaced what it could not decode (unknown charset, 8-bit bytes): redo it.
+        return decode_words(raw, "Subject", defects)
+    return subject
+
+
+def decode_words(value: str, where: str, defects: list[str]) -> str:
+    """Decode RFC 2047 encoded words and stray 8-bit bytes; unknown charsets are detected."""
+    if "=?" not in value:
+        return _unescape(value, where, defects)
+    try:
+        chunks = email.header.decode_header(value)
+    except Exception:  # malformed encoded words: the raw text is the best we have
+        return _unescape(value, where, defects)
+    parts: list[str] = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            parts.append(_unescape(chunk, where, defects))
+        elif charset is None or charset == "unknown-8bit":
+            parts.append(decode_bytes(chunk, None, f"header {where}", defects))
+        else:
+            parts.append(decode_bytes(chunk, charset, f"header {where}", defects))
+    return "".join(parts)
+
+
+def _unescape(value: str, where: str = "", defects: list[str] | None = None) -> str:
+    """Turn the surrogate escapes the parser uses for raw 8-bit header bytes back into text."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        data = value.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text, used = detect_and_decode(data, skip_utf8=True)
+        if defects is not None:
+            defects.append(f"header {where}: undeclared 8-bit bytes; decoded as {used}")
+        return text
+
+
+def _text_value(value: str | None, defects: list[str], title: str) -> str | None:
+    if value is None:
+        return None
+    text = " ".join(decode_words(value, title, defects).split())
+    return text or None
+
+
+def _token(value: str | None) -> str | None:
+    return (value.strip() or None) if value is not None else None
+
+
+def _lower_token(value: str | None) -> str | None:
+    token = _token(value)
+    return token.lower() if token else None
+
+
+def parse_labels(value: str, defects: list[str]) -> list[str]:
+    """X-Gmail-Labels: comma-separated, labels with commas are quoted, may be encoded words."""
+    if not value.strip():
+        return []
+    text = decode_words(value, "X-Gmail-Labels", defects)
+    row = next(csv.reader([text], skipinitialspace=True), [])
+    return [label.strip() for label in row if label.strip()]
+
+
+# --- dates ----------------------------------------------------------------------------------
+
+
+def _date(value: str | None, defects: list[str]) -> datetime | None:
+    if value is None:
+        return None
+    parsed = _parse_date(value)
+    if parsed is None:
+        defects.append(f"header Date: unparsable {value[:80]!r}")
+        return None
+    if parsed.tzinfo is None:
+        # RFC 5322's "-0000" means "zone unknown"; UTC is the least wrong reading.
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _parse_date(value: str) -> datetime | None:
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        pass
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+def _title(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))

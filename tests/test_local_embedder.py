@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.embeddings import Embedder
+from pipeline.embeddings.local import DIMENSIONS, LocalEmbedder
+
+
+@pytest.fixture(scope="module")
+def embedder() -> LocalEmbedder:
+    return LocalEmbedder(batch_size=4, threads=2)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))  # vectors are unit length
+
+
+def test_is_an_embedder(embedder: LocalEmbedder) -> None:
+    assert isinstance(embedder, Embedder)
+    assert embedder.name == "all-MiniLM-L6-v2"
+    assert embedder.dimensions == DIMENSIONS == 384
+
+
+def test_vectors_have_384_unit_dimensions(embedder: LocalEmbedder) -> None:
+    vectors = embedder.embed(["Hello there.", "Subject: Invoice\nFrom: Shop\nYour invoice for March is attached."])
+    assert len(vectors) == 2
+    for vector in vectors:
+        assert len(vector) == 384
+        assert all(isinstance(x, float) for x in vector)
+        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, abs_tol=1e-5)
+
+
+def test_order_is_restored_after_length_sorting(embedder: LocalEmbedder) -> None:
+    texts = [
+        "short",
+        "a much longer text about the quarterly budget review meeting that moved to next Thursday " * 3,
+        "medium length sentence about cats",
+        "",
+        "another fairly long message asking whether the contract was signed and sent back to legal",
+    ]
+    together = embedder.embed(texts)
+    # batch_size=4 puts the five texts in two batches: each one alone must give the same vector
+    for text, vector in zip(texts, together, strict=True):
+        alone = embedder.embed([text])[0]
+        assert cosine(alone, vector) > 0.9999
+
+
+def test_similar_texts_are_closer_than_unrelated_ones(embedder: LocalEmbedder) -> None:
+    meeting, moved, recipe = embedder.embed(
+        [
+            "Can we move our meeting to Thursday afternoon?",
+            "Would it be possible to reschedule the meeting to Thursday?",
+            "Preheat the oven and bake the bread for forty minutes.",
+        ]
+    )
+    assert cosine(meeting, moved) > cosine(meeting, recipe) + 0.3
+
+
+def test_empty_input_loads_nothing() -> None:
+    lazy = LocalEmbedder()
+    assert lazy.embed([]) == []
+    assert lazy._model is None
+
+
+@pytest.mark.parametrize(("batch_size", "threads"), [(0, None), (64, 0)])
+def test_bad_arguments_are_rejected(batch_size: int, threads: int | None) -> None:
+    with pytest.raises(ValueError):
+        LocalEmbedder(batch_size=batch_size, threads=threads)
