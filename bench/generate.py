@@ -1925,7 +1925,7 @@ class _Generator:
     def _delivery_headers(self, sender: _Person, when: datetime) -> list[tuple[str, str]]:
         rng = self.rng
         host = sender.email.partition("@")[2].lower()
-        ip = f"{_between(rng, 20, 220)}.{_between(rng, 0, 255)}.{_between(rng, 0, 255)}.{_between(rng, 1, 254)}"
+        ip = ".".join(str(_between(rng, low, 254)) for low in (20, 0, 0, 1))
         arrived = when + timedelta(seconds=_between(rng, 1, 40))
         smtp_id = f"{rng.getrandbits(60):015x}"
         return [

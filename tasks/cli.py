@@ -18,6 +18,7 @@ from rich.table import Table
 from pipeline.errors import BadInputError, ConfigError, MailpipeError, RunConflictError
 from pipeline.importing import ImportSummary, import_mbox
 from pipeline.runs import RunProgress
+from pipeline.sources.mbox import open_mbox
 from pipeline.settings import Settings
 from pipeline.storage.models import STAGES
 from tasks.runtime import Runtime, runtime
@@ -36,13 +37,13 @@ def main() -> None:
     try:
         app()
     except BadInputError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (ConfigError, RunConflictError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except MailpipeError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted; run `mailpipe import` again to resume (nothing is counted twice)")
@@ -95,6 +96,7 @@ class ProgressView:
 
 
 def _do_import(settings: Settings, path: Path, account: str | None, as_json: bool) -> ImportSummary:
+    open_mbox(path)  # bad input fails here, before any server, worker or row exists
     with runtime(settings, workers=True) as rt:
         if as_json:
             return _import(rt, path, account, None)

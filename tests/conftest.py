@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from collections.abc import Iterator
@@ -18,13 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pg_url() -> Iterator[str]:
     from pipeline.storage.db import migrate
     from pipeline.storage.embedded import start_embedded_postgres
 
-    url = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    # Outside pytest's 0700 temp tree: the server runs as its own system user when we are root.
+    folder = Path(tempfile.mkdtemp(prefix="mailpipe-test-pg-"))
+    url = start_embedded_postgres(folder / "data")
     migrate(url)
-    return url
+    yield url
 
 
 @pytest.fixture(scope="session")

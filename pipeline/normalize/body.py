@@ -22,8 +22,13 @@ from pipeline.records import Attachment
 
 MAX_DEPTH = 20
 FORWARD_MARKER = "---------- Forwarded message ----------"
+_FORWARD_SUMMARY = ("From", "Date", "Subject", "To")
 _TEXT_TYPES = ("text/plain", "text/html")
-_IGNORED_SIGNATURES = ("application/pgp-signature", "application/pkcs7-signature", "application/x-pkcs7-signature")
+_IGNORED_SIGNATURES = (
+    "application/pgp-signature",
+    "application/pkcs7-signature",
+    "application/x-pkcs7-signature",
+)
 
 
 @dataclass(slots=True)
@@ -108,7 +113,7 @@ def _visit_forwarded(part: Message, body: Body, depth: int) -> None:
     _visit(inner, forwarded, depth + 1)
     body.attachments.extend(forwarded.attachments)
     body.defects.extend(forwarded.defects)
-    summary = [f"{name}: {value}" for name in ("From", "Date", "Subject", "To") if (value := header_text(inner, name))]
+    summary = [f"{name}: {value}" for name in _FORWARD_SUMMARY if (value := header_text(inner, name))]
     body.forwarded.append("\n".join([FORWARD_MARKER, *summary, "", forwarded.text]).rstrip())
     body.forwarded.extend(forwarded.forwarded)
 

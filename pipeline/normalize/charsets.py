@@ -27,7 +27,9 @@ _ALIASES = {
 }
 # charset-normalizer's cost grows with input; its verdict on the first 64 KB holds for the rest.
 _DETECTION_SAMPLE = 64 * 1024
-_META_CHARSET_RE = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+_META_CHARSET_RE = re.compile(
+    rb"""<meta[^>]{0,200}?charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE
+)
 
 
 def decode_bytes(data: bytes, declared: str | None, where: str, defects: list[str]) -> str:

@@ -7,8 +7,8 @@ was pasted unquoted and everything from the attribution on is old text. Outlook 
 "Original message" / "Forwarded message" separators and client taglines end the new text too. A
 signature delimiter ends it and what follows, up to the next quote, is returned as the signature.
 
-Analysis is capped (`MAX_LINES`, `MAX_CHARS`) so a huge body costs no more than a big one; text
-past the cap is kept as is when no quote was found before it.
+Analysis is capped (`MAX_LINES`, `MAX_CHARS`) so a huge body costs no more than a big one: when
+nothing ended the new text before the cap, the rest is kept minus its `>` lines.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def strip_reply(text: str) -> tuple[str, str | None]:
     lines = head.split("\n")
     kept, signature, cut = _scan(lines)
     if not cut and tail:
-        kept.extend(tail.split("\n"))
+        # Past the cap only the linear part of the analysis runs: quoted lines go.
+        kept.extend(line for line in tail.split("\n") if not _is_quoted(line))
     return _tidy(kept, trim_rules=cut), signature
 
 
@@ -221,7 +222,6 @@ def _starts_old_text(lines: list[str], i: int) -> bool:
         if rm.RULE_LINE_RE.match(line):
             following = _next_nonblank(lines, i + 1)
             return following < len(lines) and _header_block_at(lines, following)
-        return False
     # Every header key and forward intro we know is followed by a colon, or ends the line.
     if ":" not in line and "：" not in line:
         return rm.FORWARD_INTRO_RE.match(line) is not None
@@ -261,7 +261,9 @@ def _signature_at(lines: list[str], i: int) -> str | None:
         limit: int | None = None  # RFC 3676's delimiter: trusted whatever follows
     elif bare == "--":
         limit = MAX_SIGNATURE_LINES_AFTER_BARE_DASHES
-    elif bare[:1] in ("_", "\u2014", "\u2015") and (rm.DASH_RULE_RE.match(line) or rm.UNDERSCORE_RULE_RE.match(line)):
+    elif bare[:1] in ("_", "\u2014", "\u2015") and (
+        rm.DASH_RULE_RE.match(line) or rm.UNDERSCORE_RULE_RE.match(line)
+    ):
         limit = MAX_SIGNATURE_LINES_AFTER_RULE
     else:
         return None

@@ -80,12 +80,15 @@ _SUBJECT_KEYS = (
 )
 
 HEADER_KEY_ROLE: dict[str, str] = {}
-for _role, _keys in (("from", _FROM_KEYS), ("to", _TO_KEYS), ("date", _DATE_KEYS), ("subject", _SUBJECT_KEYS)):
+_KEYS_BY_ROLE = {"from": _FROM_KEYS, "to": _TO_KEYS, "date": _DATE_KEYS, "subject": _SUBJECT_KEYS}
+for _role, _keys in _KEYS_BY_ROLE.items():
     for _key in _keys:
         HEADER_KEY_ROLE[_key] = _role
 
 # Longest keys first so "envoyé le" wins over "envoyé"; "*From:*" is Outlook's HTML bold made text.
-_KEY_ALTERNATION = "|".join(re.escape(k).replace(r"\ ", r"\s+") for k in sorted(HEADER_KEY_ROLE, key=len, reverse=True))
+_KEY_ALTERNATION = "|".join(
+    re.escape(key).replace(r"\ ", r"\s+") for key in sorted(HEADER_KEY_ROLE, key=len, reverse=True)
+)
 HEADER_KEY_RE = re.compile(rf"^\s*\*{{0,2}}\s*(?P<key>{_KEY_ALTERNATION})\s*\*{{0,2}}\s*[:：]", re.IGNORECASE)
 
 # Taglines mobile and web clients append ("Sent from my iPhone", "Get Outlook for iOS<url>").
