@@ -1853,7 +1853,7 @@ class _Generator:
             new_text=body.new_text,
             signature=body.signature,
         )
-        self._advance(thread, message_id, sender, to, plain_for_quote(body), subject, raw)
+        self._advance(thread, message_id, sender, to, _plain_for_quote(body), subject, raw)
         return self._wrap(raw, thread, labels, meta, index)
 
     def _advance(
@@ -2568,7 +2568,7 @@ class _Generator:
         return self._wrap(raw, thread, ("Inbox", "Unread"), meta, index)
 
 
-def plain_for_quote(body: _Body) -> str:
+def _plain_for_quote(body: _Body) -> str:
     """What a replier sees and quotes: the previous message's full plain text."""
     return _render_plain(body).rstrip("\n")
 
@@ -2691,7 +2691,7 @@ def _newsletter_html(
 ) -> str:
     rows = "".join(
         f'<tr><td style="padding:12px 0"><h2 style="font-size:18px;margin:0">'
-        f'<a href="https://{host}/r/{abs(hash_text(h)):x}">{html.escape(h)}</a></h2>'
+        f'<a href="https://{host}/r/{abs(_hash_text(h)):x}">{html.escape(h)}</a></h2>'
         f'<p style="margin:4px 0;color:#444">{html.escape(b)}</p></td></tr>'
         for h, b in items
     )
@@ -2704,7 +2704,7 @@ def _newsletter_html(
     )
 
 
-def hash_text(text: str) -> int:
+def _hash_text(text: str) -> int:
     """A stable small hash (the built-in hash() is salted per process, which would break determinism)."""
     value = 2166136261
     for byte in text.encode("utf-8"):

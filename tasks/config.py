@@ -41,8 +41,8 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
             "socket_connect_timeout": 10,
             "retry_on_timeout": True,
         }
-    elif broker.startswith("sqla+"):
-        transport = {"polling_interval": 0.05}
+    # kombu's SQLAlchemy transport passes every transport option to create_engine, so its polling
+    # interval cannot be tuned here; it polls each queue once a second.
     return {
         "broker_url": broker,
         "broker_transport_options": transport,

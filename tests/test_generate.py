@@ -27,7 +27,7 @@ from bench.generate import (
 )
 
 _IDS = re.compile(r"<([^<>\s]+)>")
-_POSTMARK = re.compile(rb"^From (\d+)@xxx \w{3} \w{3} \d\d \d\d:\d\d:\d\d \+0000 \d{4}$")
+_POSTMARK = re.compile(rb"^From (\d+)@xxx \w{3} \w{3} \d\d \d\d:\d\d:\d\d \+0000 \d{4}\n$")
 _HEADERS = BytesHeaderParser(policy=compat32)
 
 
@@ -50,7 +50,9 @@ def test_account_changes_addresses_not_determinism(tmp_path: Path) -> None:
     messages = list(iter_messages(200, seed=1, account="someone@corp.example"))
     received = [m for m in messages if m.meta.direction == "received" and m.meta.kind == "conversation"]
     assert received and all(b"Delivered-To: someone@corp.example" in m.raw for m in received)
-    assert [m.raw for m in iter_messages(200, seed=1, account="someone@corp.example")] == [m.raw for m in messages]
+    assert [m.raw for m in iter_messages(200, seed=1, account="someone@corp.example")] == [
+        m.raw for m in messages
+    ]
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 7, 251])
@@ -92,20 +94,22 @@ def test_postmarks_and_mboxrd_escaping_round_trip(mbox_3000: tuple[Path, Generat
     path, _ = mbox_3000
     data = path.read_bytes()
     entries: list[list[bytes]] = []
-    for line in data.split(b"\n"):
+    for line in data.splitlines(keepends=True):
         if _POSTMARK.match(line):
             entries.append([])
         else:
             entries[-1].append(line[1:] if re.match(rb"^>+From ", line) else line)
     originals = [m.raw for m in iter_messages(3000, seed=3)]
     assert len(entries) == len(originals)
-    assert [b"\n".join(lines) for lines in entries] == [raw + b"\n" for raw in originals]
+    assert [b"".join(lines) for lines in entries] == [raw + b"\n" for raw in originals]
     assert re.search(rb"^>From ", data, re.MULTILINE), "the sample should exercise the escaping"
     assert not re.search(rb"^From (?!\d+@xxx )", data, re.MULTILINE)
 
 
 def test_mboxrd_escape_adds_one_bracket() -> None:
-    assert mboxrd_escape(b"a\nFrom here\n>From there\nnot From\n") == b"a\n>From here\n>>From there\nnot From\n"
+    assert (
+        mboxrd_escape(b"a\nFrom here\n>From there\nnot From\n") == b"a\n>From here\n>>From there\nnot From\n"
+    )
 
 
 def test_reply_headers_point_back_into_their_thread() -> None:
@@ -155,9 +159,18 @@ def test_realism_features() -> None:
     assert max(m.thread_position for m in metas) >= 6
     assert len({m.topic for m in metas if m.kind == "conversation"}) >= 12
     raws = b"\n".join(m.raw for m in messages)
-    for marker in (b"List-Unsubscribe:", b"Precedence: bulk", b"multipart/report", b"message/delivery-status",
-                   b"-- \n", b"---------- Forwarded message ---------", b"Delivered-To:", b"=?UTF-8?",
-                   b"mailer-daemon@googlemail.com", b"notifications@github.com"):
+    for marker in (
+        b"List-Unsubscribe:",
+        b"Precedence: bulk",
+        b"multipart/report",
+        b"message/delivery-status",
+        b"-- \n",
+        b"---------- Forwarded message ---------",
+        b"Delivered-To:",
+        b"=?UTF-8?",
+        b"mailer-daemon@googlemail.com",
+        b"notifications@github.com",
+    ):
         assert marker in raws, marker
     # The same gmail.com person written two ways, and non-ASCII display names.
     written: dict[str, set[str]] = defaultdict(set)
@@ -206,18 +219,26 @@ class _Sink(io.RawIOBase):
 
 def test_cli_prints_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli.mbox"
-    assert main([str(out), "--count", "50", "--seed", "9", "--json", "--meta", str(tmp_path / "meta.jsonl")]) == 0
+    assert (
+        main([str(out), "--count", "50", "--seed", "9", "--json", "--meta", str(tmp_path / "meta.jsonl")])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["messages"] == 50 and report["bytes"] == out.stat().st_size
     records = [json.loads(line) for line in (tmp_path / "meta.jsonl").read_text().splitlines()]
-    assert len(records) == 50 and {"topic", "facets", "sender", "labels", "gmail_thread_id"} <= set(records[0])
+    assert len(records) == 50 and {"topic", "facets", "sender", "labels", "gmail_thread_id"} <= set(
+        records[0]
+    )
 
 
 def test_helpers() -> None:
     assert gmail_canonical("Jane.Doe+work@GoogleMail.com") == "janedoe@gmail.com"
     assert gmail_canonical("Jane.Doe+x@example.com") == "jane.doe+x@example.com"
     assert api_label_ids(["Inbox", "Opened", "Category Updates", "Work/Projects"]) == (
-        "INBOX", "CATEGORY_UPDATES", "Label_Work_Projects")
+        "INBOX",
+        "CATEGORY_UPDATES",
+        "Label_Work_Projects",
+    )
 
 
 def test_negative_count_is_rejected() -> None:

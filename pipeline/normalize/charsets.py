@@ -27,6 +27,21 @@ _ALIASES = {
 }
 # charset-normalizer's cost grows with input; its verdict on the first 64 KB holds for the rest.
 _DETECTION_SAMPLE = 64 * 1024
+# On short text charset-normalizer finds many equally good candidates (UTF-16, EBCDIC and Urdu
+# code pages for "Café") and returns the first. Ties go to what mail is actually written in.
+_PREFERRED = {
+    name: rank
+    for rank, name in enumerate(
+        (
+            "cp1252", "iso8859_15", "cp1250", "iso8859_2", "cp1251", "koi8_r", "koi8_u", "cp1253",
+            "iso8859_7", "cp1254", "iso8859_9", "cp1257", "cp932", "shift_jis", "shift_jis_2004",
+            "euc_jp", "iso2022_jp", "gb18030", "gb2312", "big5", "cp949", "euc_kr", "cp1255",
+            "iso8859_8", "cp1256", "cp874", "tis_620", "mac_roman",
+        )
+    )
+}
+_TIE_CHAOS = 0.01
+_TIE_COHERENCE = 0.1
 _META_CHARSET_RE = re.compile(
     rb"""<meta[^>]{0,200}?charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE
 )
@@ -60,13 +75,27 @@ def detect_and_decode(data: bytes, *, skip_utf8: bool = False) -> tuple[str, str
             return data.decode("utf-8-sig"), "utf-8"
         except UnicodeDecodeError:
             pass
-    best = from_bytes(data[:_DETECTION_SAMPLE]).best()
-    if best is not None and best.encoding:
+    encoding = _detect(data[:_DETECTION_SAMPLE])
+    if encoding:
         try:
-            return data.decode(best.encoding, errors="replace"), best.encoding
+            return data.decode(encoding, errors="replace"), encoding
         except LookupError:
             pass
     return data.decode("cp1252", errors="replace"), "cp1252"
+
+
+def _detect(sample: bytes) -> str | None:
+    matches = list(from_bytes(sample))
+    if not matches:
+        return None
+    best = matches[0]
+    tied = [
+        m
+        for m in matches
+        if m.chaos <= best.chaos + _TIE_CHAOS and m.coherence >= best.coherence - _TIE_COHERENCE
+    ]
+    preferred = min(tied, key=lambda m: _PREFERRED.get(m.encoding, len(_PREFERRED)))
+    return str(preferred.encoding)
 
 
 def html_meta_charset(data: bytes) -> str | None:

@@ -109,7 +109,18 @@ def _addresses(msg: Message, name: str, values: list[str], defects: list[str]) -
     except Exception as exc:  # the registry raises assorted types on malformed input
         defects.append(f"header {title}: fell back to compat32: {type(exc).__name__}: {exc}")
         found = _addresses_compat32(values, title, defects)
+    else:
+        if any("(" in v for v in values):
+            found = _names_from_comments(found, values, title, defects)
     return [a for a in found if "@" in a.email]
+
+
+def _names_from_comments(
+    found: list[Address], values: list[str], title: str, defects: list[str]
+) -> list[Address]:
+    """Old archives write "bob@example.com (Bob Smith)"; the registry drops the comment name."""
+    names = {a.email: a.name for a in _addresses_compat32(values, title, defects)}
+    return [a if a.name else Address(names.get(a.email, ""), a.email) for a in found]
 
 
 def _addresses_compat32(values: list[str], title: str, defects: list[str]) -> list[Address]:

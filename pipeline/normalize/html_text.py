@@ -3,9 +3,9 @@
 Break points are marked with private-use characters, the text is read out in one call, and the
 markers become newlines afterwards. Markers go into the source with literal-replacement regexes
 (C speed, no per-tag Python call), placed just before a tag so they land in the same parent.
-Table rows are the exception: text between <tr>s would be moved out of the table by the HTML
-parser, so rows are marked in the parsed tree. Blockquotes come out as "> " lines, so quote
-stripping treats HTML replies like plain ones.
+Text between table rows or cells would be moved out of the table by the HTML parser, so a row's
+break goes inside its last cell. Blockquotes come out as "> " lines, so quote stripping treats
+HTML replies like plain ones.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _QUOTE_CLOSE = "\ue004"
 _KEPT_SPACE = "\ue005"  # a space inside <pre>, which whitespace collapsing must not touch
 _MARKERS = _BR + _BLOCK + _PARA + _QUOTE_OPEN + _QUOTE_CLOSE
 
-_DROPPED = ["head", "script", "style", "noscript", "template", "title", "svg", "object", "iframe"]
+_DROPPED = "head,script,style,noscript,template,title,svg,object,iframe"
 _LINE_TAGS = (
     "div", "li", "table", "center", "dt", "dd", "section", "article", "header", "footer", "address",
     "form", "fieldset", "figure", "main", "nav", "aside",
@@ -46,6 +46,7 @@ _SOURCE_MARKS = (
     (_before_tags(("br",), False), _BR),
     (_before_tags(("li",), False), "- "),
     (_before_tags(("td", "th"), None), " "),  # whitespace is not moved out of tables, unlike text
+    (re.compile(r"<(?=/(?:td|th|TD|TH)>\s*</(?:tr|TR)[\s>])"), _BLOCK),  # a row's end, in its last cell
     (_before_tags(("blockquote",), False), _PARA + _QUOTE_OPEN),
     (_before_tags(("blockquote",), True), _QUOTE_CLOSE + _PARA),
 )
@@ -65,18 +66,17 @@ def html_to_text(html: str) -> str:
     root = tree.body
     if root is None:
         return ""
-    tree.strip_tags(_DROPPED, recursive=True)
-    _mark_tree(root)
+    for node in root.css(_DROPPED):
+        node.decompose()
+    _keep_preformatted(root)
     text = _INVISIBLE_RE.sub("", root.text(deep=True, separator=""))
     # str.split() knows every Unicode space (nbsp included) and none of the private-use markers.
     return _markers_to_newlines(" ".join(text.split()))
 
 
-def _mark_tree(root: LexborNode) -> None:
-    for node in root.css("tr"):
-        node.insert_after(_BLOCK)
+def _keep_preformatted(root: LexborNode) -> None:
+    """<pre> text keeps its line breaks and indentation through whitespace collapsing."""
     for node in root.css("pre"):
-        # Preformatted text keeps its own line breaks and indentation.
         text = node.text(deep=True).expandtabs(4)
         node.replace_with(_PARA + text.replace("\n", _BR).replace(" ", _KEPT_SPACE) + _PARA)
 

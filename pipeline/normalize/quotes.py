@@ -32,7 +32,6 @@ MAX_TAGLINE_CHARS = 300  # the tagline itself is short; a tracking URL after it 
 HEADER_BLOCK_SPAN = 12
 
 _QUOTED_COLON_RE = re.compile(r"\s*>\s*[:：]\s*")
-_LONGEST_VERB = 24  # characters of a line's end that can hold an attribution verb
 _RULE_CHARS = "-_=*~\u2014\u2015\u2013"
 _TIME_RE = re.compile(r"\d{1,2}[:.h]\d{2}")
 
@@ -72,13 +71,24 @@ def _scan(lines: list[str]) -> tuple[list[str], str | None, bool]:
     kept: list[str] = []
     in_fence = False
     i = 0
+    maybe_marker = rm.MAYBE_MARKER_START_RE.match
     while i < len(lines):
         line = lines[i]
-        if rm.FENCE_RE.match(line):
-            # Code blocks may hold "> prompt" lines and "--" that are content, not quotes.
-            in_fence = not in_fence
-        elif in_fence or not line.strip():
+        if in_fence:
+            in_fence = rm.FENCE_RE.match(line) is None
+        elif (
+            not line.strip()
+            or not maybe_marker(line)
+            and ":" not in line
+            and "@" not in line
+            and "：" not in line
+            and i not in spans
+            and not (i and _is_quoted(lines[i - 1]))  # it could be a quoter's wrap
+        ):
             pass
+        elif rm.FENCE_RE.match(line):
+            # Code blocks may hold "> prompt" lines and "--" that are content, not quotes.
+            in_fence = True
         elif _is_quoted(line) or _is_wrapped_quote(lines, i):
             i += 1
             continue
@@ -144,13 +154,15 @@ def _attribution_spans(lines: list[str]) -> dict[int, int]:
 
 
 def _may_end_attribution(line: str) -> bool:
-    """ATTRIBUTION_END_RE, searched only over the line's tail: the regex is anchored at the end."""
+    """A colon ends the line, or an attribution verb does (some clients drop the colon); Zoho
+    surrounds its attribution with dashes."""
     tail = line.rstrip(" \t-")
     if not tail:
         return False
-    if tail[-1] in ":：":
+    if tail[-1] in ":：" or tail.endswith(rm.WROTE_VERBS_CJK):
         return True
-    return tail[-1].isalpha() and rm.ATTRIBUTION_END_RE.search(tail[-_LONGEST_VERB:]) is not None
+    last_word = tail.rsplit(None, 1)[-1].lower()
+    return last_word in rm.WROTE_LAST_WORDS
 
 
 def _attribution_start(lines: list[str], end: int) -> int | None:

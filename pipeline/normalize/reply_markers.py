@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import re
 
-# Verbs that close an attribution line ("... wrote:"). CJK forms have no word boundary before them.
-_WROTE_WORDS = (
-    r"wrote|writes|a\s+[ée]crit|schrieb|ha\s+scritto|escreveu|escribi[óo]|schreef|"
-    r"napisa[łl](?:a|\(a\))?|pisze|kirjoitti|skrev|написал(?:а|\(а\))?|пишет|[íi]rta|"
-    r"napsal(?:a|\(a\))?|yazd[ıi]"
+# Verbs of attribution lines ("... wrote:"), lower case, with the spellings seen without accents.
+WROTE_VERBS = (
+    "wrote", "writes", "a écrit", "a ecrit", "schrieb", "ha scritto", "escreveu", "escribió",
+    "escribio", "schreef", "napisał", "napisała", "napisał(a)", "napisal", "napisala", "pisze",
+    "kirjoitti", "skrev", "написал", "написала", "написал(а)", "пишет", "írta", "irta", "napsal",
+    "napsala", "napsal(a)", "yazdı", "yazdi",
 )
-_WROTE_CJK = r"写道|寫道|작성|のメッセージ"
-WROTE_RE = re.compile(rf"(?<!\w)(?:{_WROTE_WORDS})(?!\w)|(?:{_WROTE_CJK})", re.IGNORECASE)
-
-# A line that can end an attribution: a colon, or the verb itself (some clients drop the colon),
-# optionally followed by the dashes Zoho puts around its attribution.
-ATTRIBUTION_END_RE = re.compile(
-    rf"(?:[:：]|(?<!\w)(?:{_WROTE_WORDS})|{_WROTE_CJK})\s*-*\s*$", re.IGNORECASE
+# CJK forms: no word boundary before them.
+WROTE_VERBS_CJK = ("写道", "寫道", "작성", "のメッセージ")
+_WROTE_WORDS = "|".join(
+    re.escape(verb).replace(r"\ ", r"\s+") for verb in sorted(WROTE_VERBS, key=len, reverse=True)
 )
+WROTE_RE = re.compile(
+    rf"(?<!\w)(?:{_WROTE_WORDS})(?!\w)|(?:{'|'.join(WROTE_VERBS_CJK)})", re.IGNORECASE
+)
+# The last word of each verb: what a line ending in a verb (no colon) ends with.
+WROTE_LAST_WORDS = frozenset(verb.split()[-1] for verb in WROTE_VERBS)
 
 # How attributions start in the languages we know; used to choose the first line of a wrapped one.
 OPENER_RE = re.compile(
@@ -92,14 +95,14 @@ _KEY_ALTERNATION = "|".join(
 HEADER_KEY_RE = re.compile(rf"^\s*\*{{0,2}}\s*(?P<key>{_KEY_ALTERNATION})\s*\*{{0,2}}\s*[:：]", re.IGNORECASE)
 
 # Taglines mobile and web clients append ("Sent from my iPhone", "Get Outlook for iOS<url>").
-TAGLINE_RE = re.compile(
-    r"^(?:sent\s+from|sent\s+with|sent\s+via|get\s+outlook\s+for|envoyé\s+de|envoyé\s+depuis|"
+_TAGLINE_WORDS = (
+    r"(?:sent\s+from|sent\s+with|sent\s+via|get\s+outlook\s+for|envoyé\s+de|envoyé\s+depuis|"
     r"envoyé\s+à\s+partir\s+de|envoyé\s+avec|télécharger\s+outlook\s+pour|gesendet\s+von|"
     r"gesendet\s+mit|von\s+meinem|enviado\s+desde|enviado\s+de|enviado\s+do|enviado\s+com|"
     r"inviato\s+da|verzonden\s+met|verzonden\s+vanaf|verstuurd\s+vanaf|sendt\s+fra|skickat\s+från|"
-    r"lähetetty|wysłane\s+z|отправлено\s+с)(?!\w)",
-    re.IGNORECASE,
+    r"lähetetty|wysłane\s+z|отправлено\s+с)(?!\w)"
 )
+TAGLINE_RE = re.compile(rf"^{_TAGLINE_WORDS}", re.IGNORECASE)
 TRAILING_URL_RE = re.compile(r"\s*<[^<>\s]*>\s*$")
 
 # Lines that delimit a signature or footer: "-- ", "--", em-dash rules, mailing-list underscores.
@@ -108,3 +111,10 @@ UNDERSCORE_RULE_RE = re.compile(r"^\s*_{2,}\s*$")
 # Any line made only of rule characters; trimmed from the end of a reply when a quote follows it.
 RULE_LINE_RE = re.compile(r"^\s*[-_=*~\u2014\u2015\u2013]{2,}\s*$")
 FENCE_RE = re.compile(r"^\s*(?:```|~~~)")
+
+# How a line that may be something other than new text starts: quoted, fenced, a rule or delimiter,
+# a tagline or a forward intro. Built from the patterns above so it cannot miss what they match.
+# With a check for ":" and "@" (header keys, addresses) it lets other lines skip detailed checks.
+MAYBE_MARKER_START_RE = re.compile(
+    rf"\s*(?:[>`~_=*\u2014\u2015\u2013-]|{_TAGLINE_WORDS})|{FORWARD_INTRO_RE.pattern}", re.IGNORECASE
+)
