@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = evaluate(args.path)
     extra = unlabelled(args.path)
     if args.json:
-        report = {"path": str(args.path), **summary(outcomes), "unlabelled": extra}
+        report: dict[str, object] = {"path": str(args.path), **summary(outcomes), "unlabelled": extra}
         report["results"] = [asdict(o) for o in outcomes]
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:

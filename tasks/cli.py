@@ -18,8 +18,8 @@ from rich.table import Table
 from pipeline.errors import BadInputError, ConfigError, MailpipeError, RunConflictError
 from pipeline.importing import ImportSummary, import_mbox
 from pipeline.runs import RunProgress
-from pipeline.sources.mbox import open_mbox
 from pipeline.settings import Settings
+from pipeline.sources.mbox import open_mbox
 from pipeline.storage.models import STAGES
 from tasks.runtime import Runtime, runtime
 

@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
+import quopri
 from dataclasses import dataclass, field
 from email.message import Message
 
-from pipeline.normalize.charsets import decode_bytes, html_meta_charset
+from pipeline.normalize.charsets import decode_bytes, html_meta_charset, unescape_surrogates
 from pipeline.normalize.headers import header_text
 from pipeline.normalize.html_text import html_to_text
 from pipeline.records import Attachment
@@ -120,13 +123,20 @@ def _visit_forwarded(part: Message, body: Body, depth: int) -> None:
 
 def _attached_message(part: Message) -> Message | None:
     payload = part.get_payload()
-    if isinstance(payload, list):
-        return payload[0] if payload and isinstance(payload[0], Message) else None
-    # A base64 or quoted-printable message/rfc822 is left unparsed by the email package.
-    data = part.get_payload(decode=True)
-    if not isinstance(data, bytes) or not data.strip():
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    if not isinstance(inner, Message):
         return None
-    return email.message_from_bytes(data, policy=part.policy)
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    encoded = inner.get_payload()
+    if encoding in ("base64", "quoted-printable") and not inner.keys() and isinstance(encoded, str):
+        # The parser read the still-encoded message as a headerless one: decode, then parse.
+        data = encoded.encode("ascii", "surrogateescape")
+        try:
+            decoded = base64.b64decode(data) if encoding == "base64" else quopri.decodestring(data)
+        except binascii.Error:
+            return inner
+        return email.message_from_bytes(decoded, policy=part.policy)
+    return inner
 
 
 def _add_text(part: Message, ctype: str, body: Body) -> None:
@@ -176,9 +186,10 @@ def _attachment(part: Message, ctype: str) -> Attachment:
 
 def _filename(part: Message) -> str:
     try:
-        return " ".join((part.get_filename() or "").split())
+        name = part.get_filename() or ""
     except Exception:  # broken RFC 2231 parameters
         return ""
+    return " ".join(unescape_surrogates(name, "attachment filename", []).split())
 
 
 def _size(part: Message) -> int:

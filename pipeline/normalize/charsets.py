@@ -53,10 +53,10 @@ def decode_bytes(data: bytes, declared: str | None, where: str, defects: list[st
         codec = _ALIASES.get(declared.strip().lower(), declared.strip())
         try:
             return data.decode(codec)
-        except LookupError:
-            reason = f"unknown charset {declared!r}"
         except UnicodeDecodeError:
             reason = f"declared charset {declared!r} does not decode"
+        except (LookupError, ValueError):  # ValueError: names with NULs or raw 8-bit bytes
+            reason = f"unknown charset {declared!r}"
     elif data.isascii():
         return data.decode("ascii")
     else:
@@ -65,6 +65,22 @@ def decode_bytes(data: bytes, declared: str | None, where: str, defects: list[st
     text, detected = detect_and_decode(data, skip_utf8=said_utf8)
     defects.append(f"{where}: {reason}; decoded as {detected}")
     return text
+
+
+def unescape_surrogates(value: str, where: str, defects: list[str]) -> str:
+    """Text for a str that carries raw 8-bit bytes as surrogate escapes, as the email package
+    leaves undeclared header bytes; UTF-8 when they are, else detected (with a defect)."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        data = value.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text, used = detect_and_decode(data, skip_utf8=True)
+        defects.append(f"{where}: undeclared 8-bit bytes; decoded as {used}")
+        return text
 
 
 def detect_and_decode(data: bytes, *, skip_utf8: bool = False) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from email.message import Message
 from typing import Any
 
-from pipeline.normalize.charsets import decode_bytes, detect_and_decode
+from pipeline.normalize.charsets import decode_bytes, unescape_surrogates
 from pipeline.records import Address
 
 _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
@@ -50,7 +50,7 @@ class Headers:
 
 
 def read_headers(msg: Message, defects: list[str]) -> Headers:
-    raw = raw_headers(msg)
+    raw = raw_headers(msg, defects)
     first = {name: values[0] for name, values in raw.items()}
     return Headers(
         message_id=_message_id(first.get("message-id"), defects),
@@ -69,11 +69,13 @@ def read_headers(msg: Message, defects: list[str]) -> Headers:
     )
 
 
-def raw_headers(msg: Message) -> dict[str, list[str]]:
-    """Header values as found (unfolded), by lower-case name, without touching the registry."""
+def raw_headers(msg: Message, defects: list[str]) -> dict[str, list[str]]:
+    """Header values as found (unfolded, raw 8-bit bytes decoded), by lower-case name, without
+    touching the registry."""
     out: dict[str, list[str]] = {}
     for name, value in msg.raw_items():
-        out.setdefault(name.lower(), []).append(_FOLD_RE.sub("", str(value)).strip())
+        text = unescape_surrogates(_FOLD_RE.sub("", str(value)).strip(), f"header {name}", defects)
+        out.setdefault(name.lower(), []).append(text)
     return out
 
 
@@ -83,7 +85,7 @@ def header_text(msg: Message, name: str) -> str:
         value = msg.get(name)
         return "" if value is None else " ".join(str(value).split())
     except Exception:  # the registry's bugs: see the module docstring
-        values = raw_headers(msg).get(name.lower())
+        values = raw_headers(msg, []).get(name.lower())
         return decode_words(values[0], name, []) if values else ""
 
 
@@ -124,12 +126,12 @@ def _names_from_comments(
 
 
 def _addresses_compat32(values: list[str], title: str, defects: list[str]) -> list[Address]:
-    pairs = email.utils.getaddresses([_unescape(v) for v in values])
+    pairs = email.utils.getaddresses(values)
     return [Address(decode_words(name, title, defects), addr.strip()) for name, addr in pairs if addr]
 
 
 def _delivered_to(values: list[str]) -> list[str]:
-    return [addr for _, addr in email.utils.getaddresses([_unescape(v) for v in values]) if "@" in addr]
+    return [addr for _, addr in email.utils.getaddresses(values) if "@" in addr]
 
 
 # --- ids ------------------------------------------------------------------------------------
@@ -196,20 +198,8 @@ def decode_words(value: str, where: str, defects: list[str]) -> str:
     return "".join(parts)
 
 
-def _unescape(value: str, where: str = "", defects: list[str] | None = None) -> str:
-    """Turn the surrogate escapes the parser uses for raw 8-bit header bytes back into text."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        data = value.encode("utf-8", "surrogateescape")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        text, used = detect_and_decode(data, skip_utf8=True)
-        if defects is not None:
-            defects.append(f"header {where}: undeclared 8-bit bytes; decoded as {used}")
-        return text
+def _unescape(value: str, where: str, defects: list[str]) -> str:
+    return unescape_surrogates(value, f"header {where}", defects)
 
 
 def _text_value(value: str | None, defects: list[str], title: str) -> str | None:

@@ -28,7 +28,10 @@ MAX_SIGNATURE_LINES_AFTER_BARE_DASHES = 20
 MAX_SIGNATURE_LINES_AFTER_RULE = 10
 # A quoted line this long that is followed by an unquoted one was probably wrapped by the quoter.
 MIN_WRAPPED_QUOTE_LENGTH = 50
-MAX_TAGLINE_CHARS = 300  # the tagline itself is short; a tracking URL after it may not be
+# A tagline is a short phrase ("Sent from my iPhone"), maybe followed by a long tracking URL.
+MAX_TAGLINE_CHARS = 300
+MAX_TAGLINE_TEXT = 80
+MAX_TAGLINE_WORDS = 8
 HEADER_BLOCK_SPAN = 12
 
 _QUOTED_COLON_RE = re.compile(r"\s*>\s*[:：]\s*")
@@ -76,14 +79,14 @@ def _scan(lines: list[str]) -> tuple[list[str], str | None, bool]:
         line = lines[i]
         if in_fence:
             in_fence = rm.FENCE_RE.match(line) is None
-        elif (
-            not line.strip()
-            or not maybe_marker(line)
+        elif not line.strip() or (
+            # Most lines are plain prose: one C-level match rules out every marker below.
+            not maybe_marker(line)
             and ":" not in line
             and "@" not in line
             and "：" not in line
             and i not in spans
-            and not (i and _is_quoted(lines[i - 1]))  # it could be a quoter's wrap
+            and not (i and _is_quoted(lines[i - 1]))  # else it could be a quoter's wrap
         ):
             pass
         elif rm.FENCE_RE.match(line):
@@ -104,7 +107,7 @@ def _scan(lines: list[str]) -> tuple[list[str], str | None, bool]:
         elif _starts_old_text(lines, i):
             return kept, None, True
         else:
-            signature = _signature_at(lines, i)
+            signature = _signature_at(lines, i, spans)
             if signature is not None:
                 return kept, signature or None, True
         kept.append(line)
@@ -161,8 +164,8 @@ def _may_end_attribution(line: str) -> bool:
         return False
     if tail[-1] in ":：" or tail.endswith(rm.WROTE_VERBS_CJK):
         return True
-    last_word = tail.rsplit(None, 1)[-1].lower()
-    return last_word in rm.WROTE_LAST_WORDS
+    words = tail.rsplit(None, 1)  # empty for lines of control characters str.split() calls space
+    return bool(words) and words[-1].lower() in rm.WROTE_LAST_WORDS
 
 
 def _attribution_start(lines: list[str], end: int) -> int | None:
@@ -180,11 +183,13 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
     # A known opener ("On", "Le", "Am"...) marks the first line of a wrapped attribution best;
     # without one, the shortest window whose first line cannot be a continuation wins.
     for start in candidates:
-        if rm.OPENER_RE.match(lines[start]) and _looks_like_attribution(_join(lines, start, end), True):
+        if rm.OPENER_RE.match(lines[start]) and _looks_like_attribution(
+            _join(lines, start, end), has_opener=True
+        ):
             return start
     for start in candidates:
         if not rm.CONTINUATION_RE.match(lines[start]) and _looks_like_attribution(
-            _join(lines, start, end), False
+            _join(lines, start, end), has_opener=False
         ):
             return start
     return None
@@ -194,7 +199,7 @@ def _join(lines: list[str], start: int, end: int) -> str:
     return " ".join(line.strip() for line in lines[start : end + 1])
 
 
-def _looks_like_attribution(window: str, has_opener: bool) -> bool:
+def _looks_like_attribution(window: str, *, has_opener: bool) -> bool:
     text = window.strip().strip("-").strip()
     if not text or len(text) > MAX_ATTRIBUTION_CHARS:
         return False
@@ -263,7 +268,7 @@ def _header_block_at(lines: list[str], i: int) -> bool:
     return keys >= 2 and "from" in roles and len(roles) >= 2
 
 
-def _signature_at(lines: list[str], i: int) -> str | None:
+def _signature_at(lines: list[str], i: int, spans: dict[int, int]) -> str | None:
     """The signature starting at line i ("" when it is empty), or None when none starts there."""
     line = lines[i]
     bare = line.strip()
@@ -279,18 +284,18 @@ def _signature_at(lines: list[str], i: int) -> str | None:
         limit = MAX_SIGNATURE_LINES_AFTER_RULE
     else:
         return None
-    block = _signature_block(lines, i + 1)
+    block = _signature_block(lines, i + 1, spans)
     if limit is not None and sum(1 for b in block if b.strip()) > limit:
         return None
     return _tidy(block, trim_rules=False)
 
 
-def _signature_block(lines: list[str], start: int) -> list[str]:
-    """Lines after a delimiter, up to the next quote or quote header."""
+def _signature_block(lines: list[str], start: int, spans: dict[int, int]) -> list[str]:
+    """Lines after a delimiter, up to the next quote, attribution or quote header."""
     block: list[str] = []
     for j in range(start, len(lines)):
         line = lines[j]
-        if line.strip() and (_is_quoted(line) or _starts_old_text(lines, j)):
+        if line.strip() and (_is_quoted(line) or j in spans or _starts_old_text(lines, j)):
             break
         block.append(line)
     return block
@@ -303,10 +308,10 @@ def _is_tagline(line: str) -> bool:
         return False
     text = rm.TRAILING_URL_RE.sub("", line).rstrip(" .")
     match = rm.TAGLINE_RE.match(text)
-    if match is None or len(text) > 80:
+    if match is None or len(text) > MAX_TAGLINE_TEXT:
         return False
     rest = text[match.end() :]
-    return not any(c in rest for c in ",;:!?") and len(rest.split()) <= 8
+    return not any(c in rest for c in ",;:!?") and len(rest.split()) <= MAX_TAGLINE_WORDS
 
 
 # --- output ---------------------------------------------------------------------------------
