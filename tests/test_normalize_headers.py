@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 import pytest
 
 from pipeline.errors import ParseError
 from pipeline.normalize import message_key, parse_message
+from pipeline.normalize.headers import parse_message_id
 from pipeline.records import Address
 
 
@@ -298,3 +301,51 @@ def test_synthetic_keys_differ_for_different_messages() -> None:
     one = message("From: a@example.com", body=b"one")
     two = message("From: a@example.com", body=b"two")
     assert message_key(parse_message(one), one) != message_key(parse_message(two), two)
+
+
+# --- found by fuzzing -----------------------------------------------------------------------
+
+
+def test_corrupt_first_field_name_does_not_hide_the_other_headers() -> None:
+    parsed = parse_message(b"F\xbfom: a@example.com\r\nTo: b@example.com\r\nSubject: kept\r\n\r\nbody\r\n")
+    assert parsed.subject == "kept"
+    assert parsed.to == [Address("", "b@example.com")]
+    assert parsed.text == "body"
+    assert "structure: dropped 1 malformed header line(s)" in parsed.defects
+
+
+def test_body_without_blank_line_stays_body() -> None:
+    parsed = parse_message(b"From: a@example.com\nbody starts here\nsecond line\n")
+    assert parsed.from_ == Address("", "a@example.com")
+    assert parsed.text == "body starts here\nsecond line"
+
+
+def test_raw_8bit_bytes_never_leak_as_surrogates() -> None:
+    raw = message(
+        b"From: a@example.com",
+        b"Subject: =?utf\xda8?q?x?= caf\xe9",
+        b"Message-ID: <caf\xe9@example.com>",
+        b"X-Gmail-Labels: caf\xe9",
+        b'Content-Type: text/plain; name="r\xe9sum\xe9.txt"',
+        b'Content-Disposition: attachment; filename="r\xe9sum\xe9.txt"',
+    )
+    parsed = parse_message(raw)
+    for value in [parsed.subject, parsed.message_id or "", *parsed.labels, *parsed.defects]:
+        value.encode("utf-8")  # raises on surrogate escapes
+    assert parsed.message_id == "café@example.com"
+    assert parsed.attachments[0].filename == "résumé.txt"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Message-ID: <plain@example.com>",
+        b"Message-ID: <caf\xe9@example.com>",
+        b"Message-ID: bare@example.com",
+    ],
+)
+def test_header_only_readers_get_the_same_message_id(header: bytes) -> None:
+    # Ingest reads only the header block, with compat32, and must key messages as normalize does.
+    raw = message(b"From: a@example.com", header)
+    compat32_value = BytesHeaderParser(policy=compat32).parsebytes(raw).get("Message-ID")
+    assert parse_message_id(compat32_value) == parse_message(raw).message_id

@@ -212,6 +212,13 @@ def test_prose_that_only_looks_like_markers_is_kept(body: str) -> None:
     assert strip_reply(body) == (body, None)
 
 
+def test_mbox_from_escape_is_not_a_quote() -> None:
+    body = "Runbook is on the wiki.\n\n>From now on use #ops for updates.\n\nTom"
+    assert strip_reply(body) == ("Runbook is on the wiki.\n\nFrom now on use #ops for updates.\n\nTom", None)
+    quoted = "Agreed.\n\n> You said:\n>From the start it was late.\n> Bob"
+    assert strip_reply(quoted) == ("Agreed.", None)
+
+
 def test_quotes_without_attribution_are_dropped() -> None:
     body = "I wanted to respond:\n\n> quoted one\n> two\n\nMy response.\n\n> more\n\nFinal thoughts."
     assert strip_reply(body) == ("I wanted to respond:\n\nMy response.\n\nFinal thoughts.", None)

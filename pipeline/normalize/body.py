@@ -15,6 +15,7 @@ import base64
 import binascii
 import email
 import quopri
+import re
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -27,6 +28,7 @@ MAX_DEPTH = 20
 FORWARD_MARKER = "---------- Forwarded message ----------"
 _FORWARD_SUMMARY = ("From", "Date", "Subject", "To")
 _TEXT_TYPES = ("text/plain", "text/html")
+_RAW_FILENAME_RE = re.compile(r"""(?:file)?name\s*=\s*(?:"([^"]*)"|([^\s;"]+))""", re.IGNORECASE)
 _IGNORED_SIGNATURES = (
     "application/pgp-signature",
     "application/pkcs7-signature",
@@ -187,9 +189,22 @@ def _attachment(part: Message, ctype: str) -> Attachment:
 def _filename(part: Message) -> str:
     try:
         name = part.get_filename() or ""
+        readable = "\ufffd" not in name
     except Exception:  # broken RFC 2231 parameters
-        return ""
-    return " ".join(unescape_surrogates(name, "attachment filename", []).split())
+        name, readable = "", False
+    if not readable:
+        # The registry replaces raw 8-bit (non-UTF-8) bytes in parameters; read the raw value.
+        name = _raw_filename(part) or name
+    return " ".join(name.split())
+
+
+def _raw_filename(part: Message) -> str:
+    for header, value in part.raw_items():
+        if header.lower() in ("content-disposition", "content-type"):
+            match = _RAW_FILENAME_RE.search(unescape_surrogates(str(value), "attachment filename", []))
+            if match:
+                return match.group(1) if match.group(1) is not None else match.group(2)
+    return ""
 
 
 def _size(part: Message) -> int:

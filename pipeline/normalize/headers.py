@@ -145,9 +145,20 @@ def message_ids(value: str) -> list[str]:
     return list(dict.fromkeys(i for i in found if i and len(i) <= MAX_MESSAGE_ID_LENGTH))
 
 
-def _message_id(value: str | None, defects: list[str]) -> str | None:
+def parse_message_id(value: str | email.header.Header | None, defects: list[str] | None = None) -> str | None:
+    """The Message-ID in a raw header value, as `parse_message` reads it: first id, no brackets.
+
+    For callers that read headers themselves (ingest's header-only parse), so both agree on keys.
+    """
+    return _message_id(value, [] if defects is None else defects)
+
+
+def _message_id(value: str | email.header.Header | None, defects: list[str]) -> str | None:
     if value is None:
         return None
+    # compat32 callers hand over raw 8-bit bytes as surrogate escapes, or as a Header object.
+    text = _header_object_text(value, defects) if isinstance(value, email.header.Header) else value
+    value = unescape_surrogates(text, "header Message-ID", defects)
     ids = message_ids(value)
     if not ids:
         token = value.strip().strip("<>").strip()
@@ -160,6 +171,17 @@ def _message_id(value: str | None, defects: list[str]) -> str | None:
     if len(ids) > 1:
         defects.append(f"header Message-ID: {len(ids)} ids, kept the first")
     return ids[0]
+
+
+def _header_object_text(header: email.header.Header, defects: list[str]) -> str:
+    return "".join(
+        chunk if isinstance(chunk, str) else decode_bytes(chunk, _known(charset), "header", defects)
+        for chunk, charset in email.header.decode_header(header)
+    )
+
+
+def _known(charset: str | None) -> str | None:
+    return None if charset in (None, "unknown-8bit") else charset
 
 
 # --- text headers ---------------------------------------------------------------------------
@@ -191,10 +213,8 @@ def decode_words(value: str, where: str, defects: list[str]) -> str:
     for chunk, charset in chunks:
         if isinstance(chunk, str):
             parts.append(_unescape(chunk, where, defects))
-        elif charset is None or charset == "unknown-8bit":
-            parts.append(decode_bytes(chunk, None, f"header {where}", defects))
         else:
-            parts.append(decode_bytes(chunk, charset, f"header {where}", defects))
+            parts.append(decode_bytes(chunk, _known(charset), f"header {where}", defects))
     return "".join(parts)
 
 

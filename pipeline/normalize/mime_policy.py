@@ -8,11 +8,13 @@ parse per distinct (name, value) serves them all. Behaviour is policy.default's,
 
 from __future__ import annotations
 
+import re
 from email.policy import EmailPolicy
 from functools import lru_cache
 from typing import Any
 
 _HEADER_CACHE_SIZE = 4096
+_LINE_BREAK_RE = re.compile(r"\n|\r")  # what EmailPolicy.header_fetch_parse removes, nothing more
 
 
 class MemoizingPolicy(EmailPolicy):
@@ -24,7 +26,7 @@ class MemoizingPolicy(EmailPolicy):
 
 @lru_cache(maxsize=_HEADER_CACHE_SIZE)
 def _parse_header(factory: Any, name: str, value: str) -> Any:
-    return factory(name, "".join(value.splitlines()))
+    return factory(name, _LINE_BREAK_RE.sub("", value))
 
 
 POLICY = MemoizingPolicy()

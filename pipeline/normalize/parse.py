@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import email
-from email import policy
+import re
+from email import errors, policy
 from email.message import Message
 
 from pipeline.errors import ParseError
@@ -12,6 +13,13 @@ from pipeline.normalize.headers import read_headers
 from pipeline.normalize.mime_policy import POLICY
 from pipeline.normalize.quotes import strip_reply
 from pipeline.records import ParsedMessage
+
+# What the stdlib parser accepts as a header line: a field name and colon, a continuation, or
+# an mbox "From " line (email.feedparser.headerRE).
+_HEADER_LINE_RE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]+:|[ \t]")
+_LINE_RE = re.compile(rb"[^\n]*\n|[^\n]+")
+_BLANK_LINE_RE = re.compile(rb"\n\r?\n")
+MAX_HEADER_BLOCK_LINES = 500
 
 
 def parse_message(
@@ -26,6 +34,8 @@ def parse_message(
         raise ParseError("empty message")
     defects: list[str] = []
     msg = _parse_bytes(raw, defects)
+    if any(isinstance(d, errors.MissingHeaderBodySeparatorDefect) for d in msg.defects):
+        msg = _reparse_without_junk_lines(raw, msg, defects)
     if not msg.keys():
         raise ParseError("no header line found: not an RFC 5322 message")
     headers = read_headers(msg, defects)
@@ -70,6 +80,28 @@ def _parse_bytes(raw: bytes, defects: list[str]) -> Message:
     except Exception as exc:  # the parser consults the header registry for Content-Type
         defects.append(f"structure: policy.default parse failed, used compat32: {type(exc).__name__}: {exc}")
         return email.message_from_bytes(raw, policy=policy.compat32)
+
+
+def _reparse_without_junk_lines(raw: bytes, msg: Message, defects: list[str]) -> Message:
+    """The parser ends the headers at the first line that is not one, so a single corrupt field
+    name ("F\\xbfom:") sends every header after it into the body. When real header lines follow
+    such lines, drop them and parse again; otherwise the body merely lacks its blank line."""
+    blank = _BLANK_LINE_RE.search(raw)
+    block_end = blank.start() + 1 if blank else len(raw)
+    lines = _LINE_RE.findall(raw, 0, block_end)
+    if len(lines) > MAX_HEADER_BLOCK_LINES:
+        return msg
+    is_field = [_HEADER_LINE_RE.match(line) is not None and line[:1] not in b" \t" for line in lines]
+    kept: list[bytes] = []
+    for index, line in enumerate(lines):
+        if _HEADER_LINE_RE.match(line):
+            kept.append(line)
+        elif b":" not in line or not any(is_field[index + 1 :]):
+            return msg
+    if len(kept) == len(lines):
+        return msg
+    defects.append(f"structure: dropped {len(lines) - len(kept)} malformed header line(s)")
+    return _parse_bytes(b"".join(kept) + raw[block_end:], defects)
 
 
 def _structure_defects(msg: Message) -> list[str]:

@@ -92,6 +92,8 @@ def _scan(lines: list[str]) -> tuple[list[str], str | None, bool]:
         elif rm.FENCE_RE.match(line):
             # Code blocks may hold "> prompt" lines and "--" that are content, not quotes.
             in_fence = True
+        elif _is_escaped_from(lines, i):
+            line = line[1:]
         elif _is_quoted(line) or _is_wrapped_quote(lines, i):
             i += 1
             continue
@@ -120,13 +122,24 @@ def _is_quoted(line: str) -> bool:
 
 
 def _is_quoted_at(lines: list[str], i: int) -> bool:
-    return i < len(lines) and _is_quoted(lines[i])
+    return 0 <= i < len(lines) and _is_quoted(lines[i])
 
 
 def _next_nonblank(lines: list[str], i: int) -> int:
     while i < len(lines) and not lines[i].strip():
         i += 1
     return i
+
+
+def _is_escaped_from(lines: list[str], i: int) -> bool:
+    """mbox writers turn a body line "From ..." into ">From ..."; alone among unquoted lines it is
+    that escape, not a one-line quote."""
+    if not lines[i].startswith(">From "):
+        return False
+    before = i - 1
+    while before >= 0 and not lines[before].strip():
+        before -= 1
+    return not _is_quoted_at(lines, before) and not _is_quoted_at(lines, _next_nonblank(lines, i + 1))
 
 
 def _is_wrapped_quote(lines: list[str], i: int) -> bool:
