@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import ParseError
 from pipeline.normalize import message_key
-from pipeline.normalize.headers import _message_id
+from pipeline.normalize.headers import parse_message_id
 from pipeline.records import ParsedMessage
 from pipeline.runs import StageClaim, record_failure
 from pipeline.storage.models import Message, WindowItem
@@ -29,7 +29,7 @@ def identify(raw: bytes) -> tuple[str, str | None]:
     headers = _HEADER_PARSER.parsebytes(raw)
     if not headers.keys():
         raise ParseError("no header found")
-    message_id = _message_id(headers.get("Message-ID"), [])
+    message_id = parse_message_id(headers.get("Message-ID"))
     stub = ParsedMessage(message_id=message_id, subject="", from_=None)
     return message_key(stub, raw), message_id
 
