@@ -104,7 +104,7 @@ def assert_counters_match_rows(engine: Engine) -> None:
         SELECT count(*) FROM contacts c LEFT JOIN (
             SELECT contact_id,
                    count(*) FILTER (WHERE direction = 'sent') AS sent,
-                   count(*) FILTER (WHERE direction = 'received') AS received
+                   count(*) FILTER (WHERE direction = 'received' AND role = 'from') AS received
             FROM message_participants GROUP BY contact_id) p ON p.contact_id = c.id
         WHERE c.sent_count <> coalesce(p.sent, 0) OR c.received_count <> coalesce(p.received, 0)
            OR c.thread_count <> (SELECT count(*) FROM contact_threads ct WHERE ct.contact_id = c.id)""")

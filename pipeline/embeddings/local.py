@@ -61,6 +61,7 @@ class LocalEmbedder:
             return []
         model = self._load()
         # Longest first, so each batch pads to similar lengths; the order is put back below.
+        # sentence-transformers happens to sort inside encode() too; ours keeps that a guarantee.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         vectors = model.encode(
             [texts[i] for i in order],

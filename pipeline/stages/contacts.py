@@ -15,7 +15,7 @@ from sqlalchemy import func, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from pipeline.contacts import company_for, extract_participants, rank_log_increment
+from pipeline.contacts import company_for, extract_participants, rank_log_increment, traffic_of
 from pipeline.records import Address, ParsedMessage, Participant
 from pipeline.runs import StageClaim
 from pipeline.settings import Settings
@@ -45,14 +45,18 @@ def contacts_window(session: Session, claim: StageClaim, settings: Settings) -> 
     inserted = _insert_participants(session, per_message, ids)
     by_id = {m.id: m for m in messages}
     deltas: dict[int, _Delta] = defaultdict(_Delta)
-    for message_id, contact_id, direction, name in inserted:
+    for message_id, contact_id, participant in inserted:
         m = by_id[message_id]
         d = deltas[contact_id]
         when = m.sent_at
-        if direction == "sent":
+        # Only mail the account wrote to them, or they wrote to it, counts and ranks; people merely
+        # seen beside the account (co-recipients, Reply-To) add names, dates and threads only.
+        traffic = traffic_of(participant)
+        if traffic == "sent":
             d.sent += 1
-        else:
+        elif traffic == "received":
             d.received += 1
+        name = participant.name
         if name:
             d.names.add(name)
         if m.thread_id is not None:
@@ -60,7 +64,8 @@ def contacts_window(session: Session, claim: StageClaim, settings: Settings) -> 
         if when is not None:
             d.first = when if d.first is None else min(d.first, when)
             d.last = when if d.last is None else max(d.last, when)
-            inc = rank_log_increment(direction, when, settings.contact_half_life_days)
+        if when is not None and traffic is not None:
+            inc = rank_log_increment(traffic, when, settings.contact_half_life_days)
             d.rank_log = inc if d.rank_log is None else _logaddexp(d.rank_log, inc)
     new_threads = _insert_contact_threads(session, deltas)
     for contact_id in sorted(deltas):
@@ -103,7 +108,7 @@ def _upsert_contacts(session: Session, account_id: int, emails: list[str]) -> di
 
 def _insert_participants(
     session: Session, per_message: dict[int, list[Participant]], ids: dict[str, int]
-) -> list[tuple[int, int, str, str]]:
+) -> list[tuple[int, int, Participant]]:
     values = [
         {"message_id": mid, "contact_id": ids[p.email], "role": p.role, "direction": p.direction}
         for mid, ps in per_message.items()
@@ -111,14 +116,14 @@ def _insert_participants(
     ]
     if not values:
         return []
-    names = {(mid, ids[p.email]): p.name for mid, ps in per_message.items() for p in ps}
+    by_key = {(mid, ids[p.email]): p for mid, ps in per_message.items() for p in ps}
     rows = session.execute(
         pg_insert(MessageParticipant)
         .values(values)
         .on_conflict_do_nothing()
-        .returning(MessageParticipant.message_id, MessageParticipant.contact_id, MessageParticipant.direction)
+        .returning(MessageParticipant.message_id, MessageParticipant.contact_id)
     ).all()
-    return [(int(m), int(c), str(d), names.get((int(m), int(c)), "")) for m, c, d in rows]
+    return [(int(m), int(c), by_key[(int(m), int(c))]) for m, c in rows]
 
 
 def _insert_contact_threads(session: Session, deltas: dict[int, _Delta]) -> dict[int, int]:
