@@ -23,7 +23,6 @@ from pipeline.storage.db import transaction
 from pipeline.storage.models import (
     DONE,
     FAILED,
-    PENDING,
     RUNNING,
     SKIPPED,
     STAGES,
@@ -176,15 +175,6 @@ def end_reading(engine: Engine, run_id: int, entries: int, windows_total: int) -
             .values(reading_done=True, entries=entries, windows_total=windows_total, heartbeat_at=func.now())
         )
     maybe_finish_run(engine, run_id)
-
-
-def fail_run(engine: Engine, run_id: int, reason: str) -> None:
-    with transaction(engine) as s:
-        s.execute(
-            update(SyncRun)
-            .where(SyncRun.id == run_id, SyncRun.status == RUNNING)
-            .values(status=FAILED, error=reason, finished_at=func.now())
-        )
 
 
 def maybe_finish_run(engine: Engine, run_id: int) -> bool:
@@ -451,7 +441,6 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
 
 
 __all__ = [
-    "PENDING",
     "RunProgress",
     "StageClaim",
     "abandon_run",
@@ -462,7 +451,6 @@ __all__ = [
     "downstream_of",
     "end_reading",
     "ensure_account",
-    "fail_run",
     "fail_stage",
     "heartbeat",
     "maybe_finish_run",

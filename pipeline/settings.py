@@ -42,9 +42,6 @@ class Settings(BaseSettings):
     def pgdata(self) -> Path:
         return self.home / "pgdata"
 
-    @property
-    def embedded_database(self) -> bool:
-        return self.database_url is None
 
 
 @lru_cache(maxsize=1)

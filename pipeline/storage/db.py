@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from pipeline.settings import Settings
 from pipeline.storage.embedded import start_embedded_postgres
@@ -60,10 +60,6 @@ def _set_statement_timeout(engine: Engine) -> None:
         with dbapi_conn.cursor() as cur:
             cur.execute("SET statement_timeout = '300s'")
         dbapi_conn.commit()
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
