@@ -68,9 +68,16 @@ def measure(size: int, workdir: Path, seed: int) -> MemoryResult:
     out, err = proc.communicate()
     stop.set()
     sampler.join()
+    try:
+        summary = json.loads(out)
+    except ValueError:
+        raise SystemExit(f"import of {size} messages failed ({proc.returncode}): {err[-2000:]}") from None
     if proc.returncode != 0:
-        raise SystemExit(f"import of {size} messages failed ({proc.returncode}): {err[-2000:]}")
-    summary = json.loads(out)
+        # Keep the figures, but say what failed: the worker log is about to be deleted with the home.
+        log = (home / "logs" / "worker.log")
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        print(f"import of {size} messages ended {summary.get('status')} with failures: "
+              f"{json.dumps(summary)}\n{tail}", file=sys.stderr)
     return MemoryResult(
         messages=size,
         seconds=round(time.monotonic() - started, 1),

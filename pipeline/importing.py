@@ -51,7 +51,7 @@ def guess_owner(mbox: MboxFile) -> tuple[str | None, set[str]]:
     delivered: Counter[str] = Counter()
     sent_from: Counter[str] = Counter()
     for raw in islice(iter_messages(mbox), OWNER_SAMPLE):
-        headers = _HEADERS.parsebytes(raw.raw)
+        headers = _HEADERS.parsebytes(raw.raw or b"")
         for _, addr in getaddresses([str(v) for v in headers.get_all("Delivered-To", [])]):
             if "@" in addr:
                 delivered[addr.lower()] += 1

@@ -12,12 +12,13 @@ from datetime import datetime
 
 @dataclass(frozen=True, slots=True)
 class RawMessage:
-    """One message as a source hands it over: its bytes and where it came from."""
+    """One message as a source hands it over: its bytes (None until fetched) and where it came from."""
 
-    source_ref: str  # mbox: "offset:<byte offset>"; Gmail: the API message id
-    raw: bytes
+    source_ref: str  # mbox: "offset:<byte offset>"; Gmail: "gmail:<id>"
+    raw: bytes | None
     gmail_thread_id: str | None = None  # X-GM-THRID (Takeout) or the API threadId
     labels: tuple[str, ...] = ()  # X-Gmail-Labels (Takeout) or the API labelIds
+    gmail_id: str | None = None  # Gmail API refs: fetched by the ingest stage
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
 from pipeline.errors import BadInputError
 from pipeline.runs import run_progress
@@ -59,7 +60,12 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
             ).scalars().all()
             out.append({
                 "email": a.email,
+                "kind": a.kind,
                 "status": a.status,
+                # What the user has to do, when the account waits on them (e.g. reconnect).
+                "action": reauth_advice(a.email, a.status_reason) if a.status == "needs_reauth" else None,
+                "history_id": a.history_id,
+                "last_synced_at": _iso(a.last_synced_at),
                 "messages": count(Message),
                 "threads": int(s.execute(select(func.count()).select_from(Thread).where(
                     Thread.account_id == a.id, Thread.message_count > 0)).scalar_one()),
@@ -83,8 +89,8 @@ def _run_dict(engine: Engine, run_id: int) -> dict[str, Any]:
         "stages": {stage: {"messages_done": done, "failed_windows": p.stage_failed_windows[stage]}
                    for stage, done in p.stage_done.items()},
         "new_messages": p.new_messages, "duplicates": p.duplicates, "failed": p.failed_messages,
-        "chunks_embedded": p.chunks_embedded, "started_at": _iso(p.started_at),
-        "finished_at": _iso(p.finished_at), "error": p.error,
+        "gone": p.gone_messages, "quota_units": p.quota_units, "chunks_embedded": p.chunks_embedded,
+        "started_at": _iso(p.started_at), "finished_at": _iso(p.finished_at), "error": p.error,
     }
 
 

@@ -208,6 +208,7 @@ def add_window(engine: Engine, run_id: int, seq: int, messages: Sequence[RawMess
                     "position": i,
                     "source_ref": m.source_ref,
                     "raw": m.raw,
+                    "gmail_id": m.gmail_id,
                     "gmail_thread_id": m.gmail_thread_id,
                     "labels": list(m.labels),
                 }
@@ -391,7 +392,9 @@ class RunProgress:
     new_messages: int
     duplicates: int
     failed_messages: int
+    gone_messages: int  # deleted from the source between listing and fetching
     chunks_embedded: int
+    quota_units: int  # Gmail quota units the windows' fetches spent
 
 
 def run_progress(engine: Engine, run_id: int) -> RunProgress:
@@ -406,15 +409,16 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
             text(
                 f"SELECT count(*) FILTER (WHERE finished), {stage_sums}, "
                 "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), "
-                "coalesce(sum(chunks_embedded), 0) FROM windows WHERE run_id = :id"
+                "coalesce(sum(chunks_embedded), 0), coalesce(sum(quota_units), 0) FROM windows WHERE run_id = :id"
             ),
             {"id": run_id},
         ).one()
-        failed = s.execute(
-            select(func.count(func.distinct(Failure.item_ref))).where(
-                Failure.run_id == run_id, Failure.item_ref != "window"
-            )
-        ).scalar_one()
+        failed, gone = s.execute(
+            select(
+                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class != "gone"),
+                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class == "gone"),
+            ).where(Failure.run_id == run_id, Failure.item_ref != "window")
+        ).one()
     done = {st: int(row[1 + 2 * i]) for i, st in enumerate(STAGES)}
     failed_windows = {st: int(row[2 + 2 * i]) for i, st in enumerate(STAGES)}
     tail = 1 + 2 * len(STAGES)
@@ -436,7 +440,9 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
         new_messages=int(row[tail]),
         duplicates=int(row[tail + 1]),
         failed_messages=int(failed),
+        gone_messages=int(gone),
         chunks_embedded=int(row[tail + 2]),
+        quota_units=int(row[tail + 3]),
     )
 
 

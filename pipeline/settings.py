@@ -38,6 +38,37 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="A running run whose driver is silent this long may be taken over."
     )
 
+    # Gmail
+    secret_key: str | None = Field(
+        default=None,
+        description="Fernet key(s) encrypting OAuth refresh tokens at rest; comma-separated, newest first, "
+        "to rotate. Make one with `mailpipe accounts keygen`.",
+    )
+    gmail_api_url: str | None = Field(
+        default=None, description="Gmail API endpoint override (a test server); unset: Google's."
+    )
+    gmail_regime: str = Field(default="legacy", description="Quota regime: 'legacy' or '2026' (DESIGN.md §3).")
+    gmail_quota_per_minute: int | None = Field(
+        default=None, ge=1, description="Per-user units per minute; unset: the regime's (15,000 or 6,000)."
+    )
+    gmail_quota_headroom: float = Field(
+        default=1.0, gt=0, le=1, description="Fraction of the per-user quota mailpipe may spend."
+    )
+    gmail_batch_size: int = Field(default=50, ge=1, le=50, description="Calls per batch request (Gmail: ≤ 50).")
+    gmail_list_page_size: int = Field(default=500, ge=1, le=500)
+    gmail_timeout: float = Field(default=30.0, gt=0, description="Seconds per Gmail HTTP request.")
+    gmail_catchup_margin_days: int = Field(
+        default=2, ge=0, description="An expired cursor or a Takeout backfill is caught up from this many days "
+        "before the newest message we hold (dates in `after:` are whole days; clocks and time zones differ)."
+    )
+    gmail_push_topic: str | None = Field(
+        default=None, description="Pub/Sub topic for Gmail push (projects/P/topics/T); unset: no watch."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for shared quota and breaker state; unset: the broker if it is Redis, "
+        "else PostgreSQL."
+    )
+
     @property
     def pgdata(self) -> Path:
         return self.home / "pgdata"

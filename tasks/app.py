@@ -1,4 +1,4 @@
-"""The Celery app. Its configuration comes from Settings; its tasks live in tasks.stages."""
+"""The Celery app. Its configuration comes from Settings; its tasks live in tasks.stages and tasks.syncs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pipeline.storage.db import dispose_engines, migrate
 from tasks import context
 from tasks.config import celery_config
 
-app = Celery("mailpipe", include=["tasks.stages"])
+app = Celery("mailpipe", include=["tasks.stages", "tasks.syncs"])
 # Lazy: the configuration (and, on the embedded default, the database server behind the broker
 # URL) is resolved on first use, after the CLI has put the URLs it chose into the environment.
 app.add_defaults(lambda: celery_config(context.settings(), context.resolved_database_url()))

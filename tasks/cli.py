@@ -21,6 +21,7 @@ from pipeline.runs import RunProgress
 from pipeline.settings import Settings
 from pipeline.sources.mbox import open_mbox
 from pipeline.storage.models import STAGES
+from pipeline.syncing import SyncSummary
 from tasks.runtime import Runtime, runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -60,8 +61,9 @@ def _json(data: Any) -> None:
 class ProgressView:
     """Live per-stage progress: messages through each stage and messages/s."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, title: str = "import") -> None:
         self.console = console
+        self.title = title
         self.started = time.monotonic()
         self.live: Live | None = None
 
@@ -80,7 +82,8 @@ class ProgressView:
 
     def _render(self, p: RunProgress | None) -> Table:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        table = Table(title="import" if p is None else f"run {p.run_id}: {p.status}", title_justify="left")
+        table = Table(title=self.title if p is None else f"run {p.run_id} ({p.mode}): {p.status}",
+                      title_justify="left")
         table.add_column("stage")
         table.add_column("messages", justify="right")
         table.add_column("msg/s", justify="right")
@@ -135,6 +138,139 @@ def import_command(
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------ Gmail accounts and sync
+
+accounts_app = typer.Typer(no_args_is_help=True, help="Connect, list and remove Gmail accounts.")
+app.add_typer(accounts_app, name="accounts")
+
+
+@accounts_app.command("add")
+def accounts_add(
+    email: str = typer.Argument(..., help="The Gmail address to connect."),
+    client_secrets: Path | None = typer.Option(
+        None, "--client-secrets", help="OAuth client file (Google Cloud console: Desktop app)."
+    ),
+    grant_file: Path | None = typer.Option(
+        None, "--grant-file", help="JSON with refresh_token, client_id, client_secret, token_uri (headless)."
+    ),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Print the consent URL instead of opening it."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Connect a Gmail account through Google's consent screen; its refresh token is stored encrypted."""
+    from pipeline.accounts import connect_account
+    from pipeline.credentials import OAuthGrant, TokenCipher, authorize_installed_app
+
+    settings = Settings()
+    cipher = TokenCipher.from_settings(settings)  # a missing key fails before the browser opens
+    if (client_secrets is None) == (grant_file is None):
+        raise BadInputError("pass exactly one of --client-secrets FILE or --grant-file FILE")
+    if grant_file is not None:
+        try:
+            grant = OAuthGrant.from_json(grant_file.read_text())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BadInputError(f"{grant_file}: not a grant file ({exc})") from exc
+    else:
+        assert client_secrets is not None
+        grant = authorize_installed_app(client_secrets, open_browser=not no_browser)
+    with runtime(settings) as rt:
+        account_id = connect_account(rt.engine, cipher, email, grant)
+    if as_json:
+        _json({"account_id": account_id, "email": email.lower(), "connected": True})
+    else:
+        out.print(f"connected {email.lower()}; now run: mailpipe sync {email.lower()}")
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: bool = JsonOpt) -> None:
+    """Every account: kind, status (and what to do when it needs you), messages, last sync."""
+    from pipeline.accounts import list_accounts
+
+    with runtime(Settings()) as rt:
+        rows = list_accounts(rt.engine)
+    if as_json:
+        _json({"accounts": [r.as_dict() for r in rows]})
+        return
+    table = Table(title="accounts", title_justify="left")
+    for col in ("email", "kind", "status", "messages", "last sync", "note"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.email, r.kind, r.status, str(r.messages), str(r.last_synced_at or "")[:19],
+                      r.status_reason or "")
+    out.print(table)
+
+
+@accounts_app.command("remove")
+def accounts_remove(
+    email: str = typer.Argument(...),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Delete an account and everything stored for it (messages, contacts, embeddings)."""
+    from pipeline.accounts import account_id_for, remove_account
+
+    with runtime(Settings()) as rt:
+        account_id_for(rt.engine, email)
+        if not yes and not typer.confirm(f"delete {email} and all its mail from mailpipe?"):
+            raise typer.Exit(1)
+        removed = remove_account(rt.engine, email)
+    if as_json:
+        _json({"email": email.lower(), "removed_messages": removed})
+    else:
+        out.print(f"removed {email.lower()} ({removed} messages)")
+
+
+@accounts_app.command("keygen")
+def accounts_keygen() -> None:
+    """Print a new key for MAILPIPE_SECRET_KEY (to rotate: prepend it, comma-separated)."""
+    from pipeline.credentials import new_key
+
+    out.print(new_key())
+
+
+def _do_sync(settings: Settings, email: str, mode: str, as_json: bool) -> SyncSummary:
+    from pipeline.accounts import account_id_for, gmail_client
+    from pipeline.syncing import sync_account
+
+    with runtime(settings, workers=True) as rt:
+        account_id = account_id_for(rt.engine, email)
+        client = gmail_client(rt.engine, rt.settings, account_id)
+
+        def run(tick: Any) -> SyncSummary:
+            return sync_account(rt.engine, rt.settings, account_id, client, rt.dispatch, mode=mode,
+                                on_tick=tick, alive=rt.alive_check)
+
+        if as_json:
+            return run(None)
+        with ProgressView(err, title=f"sync {email}") as view:
+            return run(view.tick)
+
+
+def _print_sync(summary: SyncSummary) -> None:
+    table = Table(title=f"synced {summary.account} ({summary.mode})", title_justify="left", show_header=False)
+    for key, value in summary.as_dict().items():
+        if value is not None:
+            table.add_row(key, str(value))
+    out.print(table)
+    if summary.error:
+        err.print(f"[yellow]{summary.error}[/yellow]", highlight=False)
+
+
+@app.command()
+def sync(
+    account: str = typer.Argument(..., help="The connected Gmail address."),
+    mode: str = typer.Option("auto", "--mode", help="auto (incremental when a cursor exists), full, incremental."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sync a Gmail account: full the first time, then incremental from the history cursor."""
+    summary = _do_sync(Settings(), account, mode, as_json)
+    if as_json:
+        _json(summary.as_dict())
+    else:
+        _print_sync(summary)
+    if summary.status != "done" or summary.failed_windows:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------ read commands
 
 
@@ -155,6 +291,8 @@ def status(as_json: bool = JsonOpt) -> None:
         for key in ("status", "messages", "threads", "contacts", "chunks", "insights", "failures"):
             table.add_row(key, str(a[key]))
         out.print(table)
+        if a["action"]:
+            err.print(f"[yellow]action needed:[/yellow] {a['action']}", highlight=False, soft_wrap=True)
         for r in a["runs"]:
             stages = "  ".join(f"{k} {v['messages_done']}" + (f" ({v['failed_windows']} failed)"
                                if v["failed_windows"] else "") for k, v in r["stages"].items())

@@ -8,8 +8,13 @@ from kombu import Queue
 
 from pipeline.settings import Settings
 
-QUEUES = ("ingest", "normalize", "ai")
+QUEUES = ("ingest", "normalize", "ai")  # the stages; the CLI's own worker pool consumes these
+# Triggered syncs (push, beat, web hook) drive a whole run and wait on it: their own workers, so a
+# burst of them can never occupy the slots the stages need.
+SYNC_QUEUE = "sync"
 ROUTES = {
+    "mailpipe.sync": {"queue": SYNC_QUEUE},
+    "mailpipe.renew_watches": {"queue": SYNC_QUEUE},
     "mailpipe.ingest": {"queue": "ingest"},
     "mailpipe.normalize": {"queue": "normalize"},
     "mailpipe.contacts": {"queue": "normalize"},
@@ -53,7 +58,7 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.stage_soft_time_limit,
         "task_time_limit": settings.stage_time_limit,
-        "task_queues": [Queue(q) for q in QUEUES],
+        "task_queues": [Queue(q) for q in (*QUEUES, SYNC_QUEUE)],
         "task_default_queue": "normalize",
         "task_routes": ROUTES,
         "task_serializer": "json",

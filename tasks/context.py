@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -35,3 +36,31 @@ def embedding_tools() -> EmbeddingTools:
     threads = max(1, (os.cpu_count() or 1) // max(1, s.worker_concurrency))
     embedder = LocalEmbedder(batch_size=s.embed_batch_size, threads=threads)
     return EmbeddingTools(embedder=embedder, tokenizer=load_tokenizer(bundled_model_dir()))
+
+
+_gmail_clients: dict[tuple[int, bytes], Any] = {}
+
+
+def gmail_client(account_id: int) -> Any:
+    """This process's GmailClient for the account (httplib2 connections are per process).
+
+    Keyed by the stored grant too: a re-connected account gets a new client, never the old one's.
+    """
+    from sqlalchemy import select
+
+    from pipeline.accounts import gmail_client as make_client
+    from pipeline.storage.db import transaction
+    from pipeline.storage.models import Account
+
+    with transaction(engine()) as s:
+        blob = s.execute(select(Account.gmail_credentials).where(Account.id == account_id)).scalar() or b""
+    key = (account_id, blob)
+    if key not in _gmail_clients:
+        _gmail_clients.clear()
+        _gmail_clients[key] = make_client(engine(), get_settings(), account_id)
+    return _gmail_clients[key]
+
+
+def forget_gmail_client() -> None:
+    """Drop cached clients (after an error, so a reset connection or new grant is used afresh)."""
+    _gmail_clients.clear()

@@ -9,23 +9,32 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from pipeline.resilience.classify import backoff_seconds
-from pipeline.runs import claim_stage, skip_stage
+from pipeline.runs import StageClaim, claim_stage, skip_stage
 from pipeline.stages.contacts import contacts_window
 from pipeline.stages.embed import embed_window
+from pipeline.stages.fetch import fetch_window_for, ids_to_fetch
 from pipeline.stages.ingest import ingest_window
 from pipeline.stages.insight import insight_window
 from pipeline.stages.normalize import normalize_window
-from pipeline.stages.runner import StageNotReady, StageRetry, StageWork, fail_window_stage, run_stage
+from pipeline.stages.runner import (
+    StageNotReady,
+    StagePrepare,
+    StageRetry,
+    StageWork,
+    fail_window_stage,
+    run_stage,
+)
 from tasks import context
 from tasks.app import app
 
 NOT_READY_COUNTDOWN = 2.0
 
 
-def _run(task: Task, window_id: int, stage: str, work: StageWork) -> dict[str, Any]:
+def _run(task: Task, window_id: int, stage: str, work: StageWork,
+         prepare: StagePrepare | None = None) -> dict[str, Any]:
     engine, settings = context.engine(), context.settings()
     try:
-        result = run_stage(engine, settings, window_id, stage, work)
+        result = run_stage(engine, settings, window_id, stage, work, prepare=prepare)
     except StageNotReady as exc:
         raise task.retry(countdown=NOT_READY_COUNTDOWN, max_retries=None, exc=exc) from exc
     except StageRetry as exc:
@@ -42,7 +51,17 @@ def _run(task: Task, window_id: int, stage: str, work: StageWork) -> dict[str, A
 
 @app.task(bind=True, name="mailpipe.ingest")
 def ingest(self: Task, window_id: int) -> dict[str, Any]:
-    return _run(self, window_id, "ingest", ingest_window)
+    def fetch(claim: StageClaim) -> None:
+        # Gmail windows hold ids only: fetch the bytes first (a mailbox file's window has them).
+        if not ids_to_fetch(context.engine(), window_id):
+            return
+        try:
+            fetch_window_for(context.engine(), claim, context.gmail_client(claim.account_id))
+        except Exception:
+            context.forget_gmail_client()  # a re-connected grant or a reset connection is read afresh
+            raise
+
+    return _run(self, window_id, "ingest", ingest_window, prepare=fetch)
 
 
 @app.task(bind=True, name="mailpipe.normalize")

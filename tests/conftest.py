@@ -10,9 +10,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine, text
+
+if TYPE_CHECKING:
+    from pipeline.testing.gmail_server import GmailServer
 
 REDIS_URL = os.environ.get("MAILPIPE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +35,26 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mailpipe_env(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def gmail_server() -> Iterator[GmailServer]:
+    """One Gmail-compatible server for the session (the worker's settings name its URL)."""
+    from pipeline.testing.gmail_mailbox import FakeMailbox
+    from pipeline.testing.gmail_server import GmailServer
+
+    server = GmailServer(FakeMailbox("me@example.com"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mailpipe_env(pg_url: str, gmail_server: GmailServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment every process of the test session shares (this one and the worker's)."""
+    from pipeline.credentials import new_key
+
     env = {
+        "MAILPIPE_SECRET_KEY": new_key(),
+        "MAILPIPE_GMAIL_API_URL": gmail_server.base_url,
+        "MAILPIPE_GMAIL_TIMEOUT": "10",
         "MAILPIPE_DATABASE_URL": pg_url,
         "MAILPIPE_BROKER_URL": REDIS_URL,
         "MAILPIPE_HOME": str(tmp_path_factory.mktemp("home")),

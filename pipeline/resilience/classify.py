@@ -1,13 +1,21 @@
-"""Which class an exception belongs to. Retry decisions are pure functions of the class."""
+"""Which class an exception belongs to. Retry decisions are pure functions of the class.
+
+The classes (DESIGN.md §3): transient, rate_limit, quota, timeout, auth, gone, permanent. Each maps
+to one retry policy below; nothing else in mailpipe decides whether to retry.
+"""
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
+from typing import Any
 
-from pipeline.errors import ParseError
+from pipeline.errors import MailpipeError, ParseError
 
-TRANSIENT, TIMEOUT, PERMANENT = "transient", "timeout", "permanent"
+TRANSIENT, RATE_LIMIT, QUOTA, TIMEOUT = "transient", "rate_limit", "quota", "timeout"
+AUTH, GONE, PERMANENT = "auth", "gone", "permanent"
+ERROR_CLASSES = (TRANSIENT, RATE_LIMIT, QUOTA, TIMEOUT, AUTH, GONE, PERMANENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,13 +29,71 @@ class RetryPolicy:
 
 POLICIES: dict[str, RetryPolicy] = {
     TRANSIENT: RetryPolicy(base_seconds=1.0, cap_seconds=64.0, max_retries=8),
+    # Gmail's per-user limit can hold for minutes; a 10 s cap just hammers it (DESIGN.md §3).
+    RATE_LIMIT: RetryPolicy(base_seconds=2.0, cap_seconds=600.0, max_retries=20),
+    QUOTA: RetryPolicy(base_seconds=60.0, cap_seconds=3600.0, max_retries=30),
     TIMEOUT: RetryPolicy(base_seconds=5.0, cap_seconds=120.0, max_retries=2),
+    AUTH: RetryPolicy(base_seconds=0.0, cap_seconds=0.0, max_retries=None),
+    GONE: RetryPolicy(base_seconds=0.0, cap_seconds=0.0, max_retries=None),
     PERMANENT: RetryPolicy(base_seconds=0.0, cap_seconds=0.0, max_retries=None),
 }
 
 
+class ClassifiedError(MailpipeError):
+    """An error that already knows its class (raised by sources after their own retries)."""
+
+    error_class: str = PERMANENT
+
+    def __init__(self, message: str, error_class: str | None = None) -> None:
+        super().__init__(message)
+        if error_class is not None:
+            self.error_class = error_class
+
+
+def is_retried(error_class: str) -> bool:
+    return POLICIES[error_class].max_retries is not None
+
+
+def gmail_error_class(status: int, reason: str, message: str, *, method: str = "") -> str:
+    """The class of a Gmail API error response (DESIGN.md §3's table), as a pure function."""
+    reason_l, message_l = reason.lower(), message.lower()
+    if status == 429 or reason_l in ("ratelimitexceeded", "userratelimitexceeded"):
+        return RATE_LIMIT
+    if status == 403 and (reason_l in ("dailylimitexceeded", "quotaexceeded") or "daily limit" in message_l):
+        return QUOTA
+    if status in (500, 502, 503, 504) or reason_l == "backenderror":
+        return TRANSIENT
+    if status == 401 or reason_l == "invalid_grant":
+        return AUTH
+    if status == 404:
+        # On history.list a 404 is an expired cursor, which the sync handles by catching up.
+        return GONE
+    return PERMANENT
+
+
+def http_error_parts(exc: Any) -> tuple[int, str, str]:
+    """(status, first reason, message) of a googleapiclient HttpError, read from Google's error JSON."""
+    status = int(getattr(getattr(exc, "resp", None), "status", 0) or 0)
+    reason, message = "", str(getattr(exc, "reason", "") or "")
+    try:
+        body = json.loads((getattr(exc, "content", b"") or b"").decode("utf-8", "replace"))
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        if isinstance(error, dict):
+            message = str(error.get("message", message))
+            errors = error.get("errors") or []
+            if errors and isinstance(errors[0], dict):
+                reason = str(errors[0].get("reason", ""))
+        elif isinstance(error, str):  # the OAuth endpoint's {"error": "invalid_grant"}
+            reason = error
+    except (ValueError, AttributeError):
+        pass
+    return status, reason, message
+
+
 def classify(exc: BaseException) -> str:
     """Map an exception to its class. Unknown errors are permanent: retrying a bug changes nothing."""
+    if isinstance(exc, ClassifiedError):
+        return exc.error_class
     if isinstance(exc, ParseError):
         return PERMANENT
     if isinstance(exc, TimeoutError | socket.timeout):
@@ -37,6 +103,31 @@ def classify(exc: BaseException) -> str:
         return TIMEOUT
     if isinstance(exc, ConnectionError):
         return TRANSIENT
+    google = _classify_google(exc)
+    if google is not None:
+        return google
+    return _classify_database(exc)
+
+
+def _classify_google(exc: BaseException) -> str | None:
+    try:
+        import httplib2
+        from google.auth.exceptions import RefreshError, TransportError
+        from googleapiclient.errors import HttpError
+    except ImportError:  # pragma: no cover - dependencies
+        return None
+    if isinstance(exc, HttpError):
+        return gmail_error_class(*http_error_parts(exc))
+    if isinstance(exc, RefreshError):
+        # invalid_grant (revoked or expired refresh token) needs the user; a refresh that failed
+        # on the network is google-auth's TransportError, not this.
+        return AUTH
+    if isinstance(exc, TransportError | httplib2.HttpLib2Error):
+        return TRANSIENT
+    return None
+
+
+def _classify_database(exc: BaseException) -> str:
     try:
         import psycopg
         import sqlalchemy.exc as sa_exc

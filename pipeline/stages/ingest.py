@@ -9,7 +9,7 @@ import hashlib
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from sqlalchemy import func, select
+from sqlalchemy import Boolean, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from pipeline.errors import ParseError
 from pipeline.normalize import message_key
 from pipeline.normalize.headers import parse_message_id
 from pipeline.records import ParsedMessage
+from pipeline.resilience.classify import TRANSIENT, ClassifiedError
 from pipeline.runs import StageClaim, record_failure
 from pipeline.storage.models import Message, WindowItem
 
@@ -39,8 +40,10 @@ def ingest_window(session: Session, claim: StageClaim) -> dict[str, int]:
         .where(WindowItem.window_id == claim.window_id, WindowItem.outcome.is_(None))
         .order_by(WindowItem.position)
     ).scalars()
-    new = duplicates = failed = 0
     for item in items:
+        if item.raw is None and item.gmail_id is not None:
+            # The fetch step did not finish this item; the task retries the fetch, never skips it.
+            raise ClassifiedError(f"gmail message {item.gmail_id} is not fetched yet", TRANSIENT)
         raw = item.raw or b""
         try:
             key, rfc_id = identify(raw)
@@ -50,38 +53,51 @@ def ingest_window(session: Session, claim: StageClaim) -> dict[str, int]:
                 "permanent", str(exc),
             )
             item.outcome, item.raw = "failed", None
-            failed += 1
             continue
-        message_id = session.execute(
-            pg_insert(Message)
-            .values(
-                account_id=claim.account_id,
-                message_key=key,
-                rfc_message_id=rfc_id,
-                source_ref=item.source_ref,
-                gmail_thread_id=item.gmail_thread_id,
-                labels=item.labels,
-                raw=raw,
-                size=len(raw),
-                content_hash=hashlib.sha256(raw).hexdigest(),
-            )
-            .on_conflict_do_nothing(index_elements=[Message.account_id, Message.message_key])
-            .returning(Message.id)
-        ).scalar()
-        if message_id is None:
-            message_id = session.execute(
-                select(Message.id).where(Message.account_id == claim.account_id, Message.message_key == key)
-            ).scalar_one()
-            item.outcome = "duplicate"
-            duplicates += 1
-        else:
-            item.outcome = "new"
-            new += 1
+        message_id, inserted = _upsert_message(session, claim.account_id, key, rfc_id, item, raw)
+        item.outcome = "new" if inserted else "duplicate"
         item.message_id, item.raw = message_id, None
     session.flush()
     # Counters are totals over the window's items, so a redelivered task recounts, never adds.
     totals = _item_totals(session, claim.window_id)
     return {"new_messages": totals["new"], "duplicates": totals["duplicate"], "failed": totals["failed"]}
+
+
+def _upsert_message(
+    session: Session, account_id: int, key: str, rfc_id: str | None, item: WindowItem, raw: bytes
+) -> tuple[int, bool]:
+    """Insert the message, or find the one with its key; (id, inserted).
+
+    A copy arriving from the Gmail API for a message first imported from a mailbox file (same
+    Message-ID) lends the row its Gmail id and current labels, so later deletions and label changes
+    reach it; a mailbox re-import changes nothing.
+    """
+    stmt = pg_insert(Message).values(
+        account_id=account_id,
+        message_key=key,
+        rfc_message_id=rfc_id,
+        source_ref=item.source_ref,
+        gmail_id=item.gmail_id,
+        gmail_thread_id=item.gmail_thread_id,
+        labels=item.labels,
+        raw=raw,
+        size=len(raw),
+        content_hash=hashlib.sha256(raw).hexdigest(),
+    )
+    row: tuple[int, bool] | None = session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Message.account_id, Message.message_key],
+            set_={"gmail_id": stmt.excluded.gmail_id, "labels": stmt.excluded.labels},
+            where=Message.gmail_id.is_(None) & stmt.excluded.gmail_id.is_not(None),
+        ).returning(Message.id, literal_column("xmax = 0", Boolean))
+    ).tuples().first()
+    if row is not None:
+        return int(row[0]), bool(row[1])
+    existing = session.execute(
+        select(Message.id).where(Message.account_id == account_id, Message.message_key == key)
+    ).scalar_one()
+    return int(existing), False
+
 
 def _item_totals(session: Session, window_id: int) -> dict[str, int]:
 
@@ -90,7 +106,7 @@ def _item_totals(session: Session, window_id: int) -> dict[str, int]:
         .where(WindowItem.window_id == window_id)
         .group_by(WindowItem.outcome)
     ).all()
-    totals = {"new": 0, "duplicate": 0, "failed": 0}
+    totals = {"new": 0, "duplicate": 0, "failed": 0, "gone": 0}
     for outcome, count in rows:
         if outcome in totals:
             totals[outcome] = int(count)

@@ -112,7 +112,10 @@ def _store(session: Session, message: Message, p: ParsedMessage, thread_id: int,
     message.category = classify_message(p)
     message.is_bulk = is_bulk(p)
     message.from_me = bool(from_email and from_email in own)
-    message.labels = p.labels or message.labels
+    if message.gmail_id is None:
+        # Labels from the Gmail API are authoritative (an archived, read message has none at all);
+        # a mailbox file's come from its X-Gmail-Labels header.
+        message.labels = p.labels or message.labels
     message.full_text = _clean(p.text)
     message.stripped_text = _clean(p.stripped)
     message.attachments = [

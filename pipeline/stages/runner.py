@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from pipeline.errors import MailpipeError
-from pipeline.resilience.classify import PERMANENT, classify
+from pipeline.resilience.classify import classify, is_retried
 from pipeline.runs import (
     StageClaim,
     claim_stage,
@@ -28,6 +28,9 @@ from pipeline.storage.models import DONE, FAILED, SKIPPED
 log = logging.getLogger(__name__)
 
 StageWork = Callable[[Session, StageClaim], dict[str, int]]
+# Work done before the stage's transaction that commits its own progress (Gmail fetches, batch by
+# batch), so a retry resumes where it stopped; runs under the same claim, cap and classification.
+StagePrepare = Callable[[StageClaim], None]
 
 
 class StageNotReady(MailpipeError):
@@ -52,7 +55,8 @@ class StageResult:
 
 
 def run_stage(
-    engine: Engine, settings: Settings, window_id: int, stage: str, work: StageWork, *, final_try: bool = False
+    engine: Engine, settings: Settings, window_id: int, stage: str, work: StageWork, *, final_try: bool = False,
+    prepare: StagePrepare | None = None,
 ) -> StageResult:
     claim = claim_stage(engine, window_id, stage)
     if claim is None:
@@ -68,12 +72,14 @@ def run_stage(
         settle_claim(engine, window_id, stage)
         raise StageNotReady(f"window {window_id}: {stage} waits for its upstream ({claim.upstream_state})")
     try:
+        if prepare is not None:
+            prepare(claim)
         with transaction(engine) as session:
             counters = work(session, claim)
             complete_stage(session, window_id, stage, **counters)
     except Exception as exc:
         error_class = classify(exc)
-        if error_class != PERMANENT and not final_try:
+        if is_retried(error_class) and not final_try:
             settle_claim(engine, window_id, stage)
             raise StageRetry(error_class, exc) from exc
         log.warning("stage %s of window %s failed: %s", stage, window_id, exc, exc_info=True)

@@ -62,7 +62,16 @@ class Account(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     kind: Mapped[str] = mapped_column(String(16), server_default="mbox")  # mbox | gmail
     own_addresses: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
-    status: Mapped[str] = mapped_column(String(32), server_default="active")
+    status: Mapped[str] = mapped_column(String(32), server_default="active")  # active | needs_reauth | paused
+    status_reason: Mapped[str | None] = mapped_column(Text)  # what went wrong and what to do about it
+    # Gmail accounts: the OAuth grant, Fernet-encrypted with MAILPIPE_SECRET_KEY; never stored in clear.
+    gmail_credentials: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The history cursor: only ever moves forward, and only after the mail up to it is committed.
+    history_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    watch_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when a trigger queued a sync that has not started yet: later triggers coalesce into it.
+    sync_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
 
 
@@ -87,6 +96,8 @@ class SyncRun(Base):
     reading_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     entries: Mapped[int] = mapped_column(Integer, server_default="0")
     windows_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Gmail runs: the historyId snapshotted before listing; the account's cursor moves here on success.
+    history_id: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
     driver: Mapped[str | None] = mapped_column(Text)  # "host:pid" of the process streaming the source
     started_at: Mapped[datetime] = _now()
@@ -118,6 +129,7 @@ class Window(Base):
     duplicates: Mapped[int] = mapped_column(Integer, server_default="0")
     failed: Mapped[int] = mapped_column(Integer, server_default="0")
     chunks_embedded: Mapped[int] = mapped_column(Integer, server_default="0")
+    quota_units: Mapped[int] = mapped_column(Integer, server_default="0")  # Gmail units the fetch spent
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -131,11 +143,12 @@ class WindowItem(Base):
     window_id: Mapped[int] = mapped_column(ForeignKey("windows.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_ref: Mapped[str] = mapped_column(Text)
-    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)  # None until fetched (Gmail), then until ingested
+    gmail_id: Mapped[str | None] = mapped_column(String(32))
     gmail_thread_id: Mapped[str | None] = mapped_column(String(64))
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
-    outcome: Mapped[str | None] = mapped_column(String(12))  # new | duplicate | failed
+    outcome: Mapped[str | None] = mapped_column(String(12))  # new | duplicate | failed | gone
 
 
 class Thread(Base):
@@ -162,6 +175,13 @@ class Message(Base):
         Index("ix_messages_thread_id_sent_at", "thread_id", "sent_at"),
         Index("ix_messages_account_id_sent_at", "account_id", "sent_at"),
         Index("ix_messages_tsv", "tsv", postgresql_using="gin"),
+        Index(
+            "uq_messages_account_id_gmail_id",
+            "account_id",
+            "gmail_id",
+            unique=True,
+            postgresql_where=text("gmail_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -169,6 +189,7 @@ class Message(Base):
     message_key: Mapped[str] = mapped_column(Text)
     rfc_message_id: Mapped[str | None] = mapped_column(Text)
     source_ref: Mapped[str] = mapped_column(Text)
+    gmail_id: Mapped[str | None] = mapped_column(String(32))  # set once the Gmail API has delivered it
     gmail_thread_id: Mapped[str | None] = mapped_column(String(64))
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     raw: Mapped[bytes] = mapped_column(LargeBinary)
@@ -303,3 +324,14 @@ class Failure(Base):
     error_class: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
+
+
+class QuotaBucket(Base):
+    """A token bucket shared by every worker when there is no Redis (the embedded default)."""
+
+    __tablename__ = "quota_buckets"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)  # epoch seconds of the last refill
+    paused_until: Mapped[float] = mapped_column(Float, server_default="0")  # epoch seconds

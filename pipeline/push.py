@@ -1,0 +1,114 @@
+"""Gmail push: a Pub/Sub notification names an account and a historyId; sync it, coalesced.
+
+Notifications come late, twice, or in bursts (one per change). A burst before the sync starts
+becomes one queued sync; a notification the running or last sync already covers enqueues nothing.
+A notification for an address we do not hold is acknowledged and dropped (Pub/Sub would redeliver
+a refusal forever).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+
+from pipeline.errors import BadInputError
+from pipeline.storage.db import transaction
+from pipeline.storage.models import Account, SyncRun
+
+log = logging.getLogger(__name__)
+
+UNKNOWN, COVERED, QUEUED, COALESCED = "unknown_account", "covered", "queued", "coalesced"
+
+
+@dataclass(frozen=True, slots=True)
+class PushNotice:
+    email: str
+    history_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    status: str  # unknown_account | covered | queued | coalesced
+    account_id: int | None
+
+
+def parse_push(body: Mapping[str, Any]) -> PushNotice:
+    """The notice inside a Pub/Sub push body: message.data is base64 JSON {emailAddress, historyId}."""
+    try:
+        data = body["message"]["data"]
+        decoded = json.loads(base64.b64decode(data + "=" * (-len(data) % 4)))
+        return PushNotice(str(decoded["emailAddress"]).strip().lower(), int(decoded["historyId"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadInputError(f"not a Gmail push notification: {exc!r}") from exc
+
+
+def handle_push(engine: Engine, notice: PushNotice, enqueue: Callable[[int], None]) -> PushOutcome:
+    with transaction(engine) as s:
+        account = s.execute(select(Account).where(Account.email == notice.email)).scalar()
+        if account is None or account.kind != "gmail":
+            log.warning("push notification for unknown account %s acknowledged and dropped", notice.email)
+            return PushOutcome(UNKNOWN, None)
+        account_id = account.id
+        running = s.execute(
+            select(func.max(SyncRun.history_id)).where(SyncRun.account_id == account_id, SyncRun.status == "running")
+        ).scalar()
+        covered = max(account.history_id or 0, running or 0)
+        if notice.history_id <= covered:
+            return PushOutcome(COVERED, account_id)
+    return request_sync(engine, account_id, enqueue)
+
+
+def request_sync(engine: Engine, account_id: int, enqueue: Callable[[int], None]) -> PushOutcome:
+    """Queue one sync for the account unless one is already queued and not yet started."""
+    with transaction(engine) as s:
+        claimed = s.execute(
+            update(Account)
+            .where(Account.id == account_id, Account.sync_requested_at.is_(None))
+            .values(sync_requested_at=func.now())
+            .returning(Account.id)
+        ).scalar()
+    if claimed is None:
+        return PushOutcome(COALESCED, account_id)
+    try:
+        enqueue(account_id)
+    except BaseException:
+        start_requested_sync(engine, account_id)  # not queued after all: let the next trigger try
+        raise
+    return PushOutcome(QUEUED, account_id)
+
+
+def start_requested_sync(engine: Engine, account_id: int) -> None:
+    """Called by the sync as it starts: triggers from now on queue a new one (they may be newer)."""
+    with transaction(engine) as s:
+        s.execute(update(Account).where(Account.id == account_id).values(sync_requested_at=None))
+
+
+def renew_watch(engine: Engine, account_id: int, client: Any, topic: str) -> None:
+    """Gmail stops pushing after 7 days unless watch is called again; daily renewal keeps it alive."""
+    _, expires = client.watch(topic)
+    with transaction(engine) as s:
+        s.execute(update(Account).where(Account.id == account_id).values(watch_expires_at=expires))
+
+
+def watched_accounts(engine: Engine) -> list[int]:
+    with transaction(engine) as s:
+        rows = s.execute(select(Account.id).where(Account.kind == "gmail", Account.status == "active"))
+        return [int(r) for r in rows.scalars()]
+
+
+__all__ = [
+    "PushNotice",
+    "PushOutcome",
+    "handle_push",
+    "parse_push",
+    "renew_watch",
+    "request_sync",
+    "start_requested_sync",
+    "watched_accounts",
+]

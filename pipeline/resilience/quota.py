@@ -1,0 +1,417 @@
+"""A per-account Gmail quota budget shared by every worker (DESIGN.md §3, §4).
+
+Gmail limits units per user per minute and Celery's `rate_limit` is per worker, so every worker of an
+account spends from one token bucket kept in Redis (or in PostgreSQL when there is no Redis). The
+bucket's clock is the server's, never a worker's: workers' clocks differ. A 429 pauses the whole
+account at once, because the limit is the account's, not the worker's.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import redis
+from sqlalchemy import Engine, Row, cast, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.types import Float
+
+from pipeline.errors import ConfigError, MailpipeError
+from pipeline.settings import Settings
+from pipeline.storage.models import QuotaBucket
+
+# Units per call (DESIGN.md §3). threads.get's 2026 cost was not published where we looked: the legacy
+# value is assumed, and a 429 pause corrects an underestimate.
+_LEGACY_COSTS: dict[str, int] = {
+    "messages.get": 5,
+    "messages.list": 5,
+    "history.list": 2,
+    "getProfile": 1,
+    "threads.get": 10,
+    "labels.list": 1,
+    "watch": 100,
+    "stop": 50,
+    "attachments.get": 5,
+}
+_Y2026_COSTS: dict[str, int] = {**_LEGACY_COSTS, "messages.get": 20, "attachments.get": 20}
+
+IDLE_EXPIRY_SECONDS = 3600.0
+# Added to every computed wait: a sleep of exactly the computed time can land a hair short of the
+# tokens after float rounding, which would cost a second round trip.
+_WAKE_MARGIN = 0.0005
+
+
+class QuotaWaitTimeout(MailpipeError):
+    """Taking the units would mean waiting longer than the caller allowed."""
+
+    def __init__(self, key: str, units: int, wait: float, timeout: float) -> None:
+        super().__init__(
+            f"quota for {key!r}: {units} units need {wait:.3f} s more, over the {timeout:.3f} s allowed"
+        )
+        self.key, self.units, self.wait, self.timeout = key, units, wait, timeout
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """A quota regime as data: the per-user limit and what each Gmail method costs."""
+
+    per_user_per_minute: int
+    costs: Mapping[str, int] = field(default_factory=dict)
+
+    def cost(self, method: str) -> int:
+        try:
+            return self.costs[method]
+        except KeyError:
+            raise ValueError(f"no quota cost known for Gmail method {method!r}; known: {sorted(self.costs)}") from None
+
+    @classmethod
+    def legacy(cls) -> CostTable:
+        return cls(15_000, MappingProxyType(dict(_LEGACY_COSTS)))
+
+    @classmethod
+    def y2026(cls) -> CostTable:
+        return cls(6_000, MappingProxyType(dict(_Y2026_COSTS)))
+
+    @classmethod
+    def for_regime(cls, name: str, per_minute_override: int | None = None) -> CostTable:
+        makers = {"legacy": cls.legacy, "2026": cls.y2026}
+        maker = makers.get(name)
+        if maker is None:
+            raise ConfigError(f"unknown Gmail quota regime {name!r} (MAILPIPE_GMAIL_REGIME); valid: {sorted(makers)}")
+        table = maker()
+        if per_minute_override is not None:
+            table = cls(per_minute_override, table.costs)
+        return table
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """What a bucket holds now (tokens after refill) and until when its account is paused (epoch s)."""
+
+    tokens: float
+    paused_until: float
+
+
+class QuotaBudget(Protocol):
+    capacity: float  # the most units one acquire may ask for: callers split larger batches
+
+    def acquire(self, key: str, units: int, *, timeout: float | None = None) -> float: ...
+
+    def pause(self, key: str, until_epoch: float) -> None: ...
+
+    def paused_until(self, key: str) -> float: ...
+
+    def snapshot(self, key: str) -> BucketState: ...
+
+
+# ---------------------------------------------------------------- the bucket arithmetic
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    tokens: float
+    updated_at: float
+    wait: float  # 0: the units were taken
+
+
+def _refill(tokens: float, updated_at: float, now: float, rate: float, capacity: float) -> tuple[float, float]:
+    # A pause sets updated_at to its end, so nothing accrues until then: the bucket restarts empty.
+    if now <= updated_at:
+        return tokens, updated_at
+    return min(capacity, tokens + (now - updated_at) * rate), now
+
+
+def _step(state: BucketState, updated_at: float, now: float, units: int, rate: float, capacity: float) -> _Step:
+    """Refill, then take `units` or say how long until they will be there. Mirrored by _TAKE_LUA."""
+    tokens, updated_at = _refill(state.tokens, updated_at, now, rate, capacity)
+    ready_at = max(state.paused_until, updated_at + max(0.0, units - tokens) / rate)
+    if ready_at <= now:
+        return _Step(tokens - units, updated_at, 0.0)
+    return _Step(tokens, updated_at, ready_at - now)
+
+
+class _TokenBucketBudget(ABC):
+    """The waiting loop; subclasses make one atomic take-or-tell-wait attempt against shared state."""
+
+    def __init__(self, rate_per_second: float, capacity: float) -> None:
+        if rate_per_second <= 0 or capacity <= 0:
+            raise ValueError(f"rate ({rate_per_second}) and capacity ({capacity}) must be positive")
+        self.rate = float(rate_per_second)
+        self.capacity = float(capacity)
+
+    def acquire(self, key: str, units: int, *, timeout: float | None = None) -> float:
+        """Block until `units` tokens of `key` are taken; return the seconds waited."""
+        if units <= 0:
+            raise ValueError(f"units must be positive, got {units}")
+        if units > self.capacity:
+            raise ValueError(f"{units} units exceed the bucket's capacity of {self.capacity:g}; split the batch")
+        start = time.monotonic()
+        while True:
+            wait = self._attempt(key, units)
+            waited = time.monotonic() - start
+            if wait <= 0:
+                return waited
+            if timeout is not None and waited + wait > timeout:
+                raise QuotaWaitTimeout(key, units, wait, timeout)
+            # Jitter so workers told the same wait do not all hit the lock/script at the same instant.
+            time.sleep(wait + _WAKE_MARGIN + random.uniform(0.0, min(0.01, wait * 0.1)))
+
+    def paused_until(self, key: str) -> float:
+        return self.snapshot(key).paused_until
+
+    @abstractmethod
+    def _attempt(self, key: str, units: int) -> float:
+        """Take the units and return 0, or return the seconds until they will be available."""
+
+    @abstractmethod
+    def pause(self, key: str, until_epoch: float) -> None: ...
+
+    @abstractmethod
+    def snapshot(self, key: str) -> BucketState: ...
+
+
+# ---------------------------------------------------------------- Redis
+
+# KEYS[1] bucket; ARGV rate, capacity, units, idle seconds. Returns the wait as a string ("0": taken)
+# because Redis truncates Lua numbers to integers in replies.
+_TAKE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
+local units, idle = tonumber(ARGV[3]), tonumber(ARGV[4])
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until')
+local tokens = tonumber(s[1]) or capacity
+local updated = tonumber(s[2]) or now
+local paused = tonumber(s[3]) or 0
+if now > updated then
+  tokens = math.min(capacity, tokens + (now - updated) * rate)
+  updated = now
+end
+local ready = math.max(paused, updated + math.max(0, units - tokens) / rate)
+if ready > now then
+  return string.format('%.17g', ready - now)
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens - units),
+  'updated_at', string.format('%.17g', updated), 'paused_until', string.format('%.17g', paused))
+redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(0, paused - now) + idle) * 1000))
+return '0'
+"""
+
+# KEYS[1] bucket; ARGV until (epoch s), idle seconds. Pauses only move forward; the bucket empties.
+_PAUSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local target, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
+local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
+if target <= paused then
+  return string.format('%.17g', paused)
+end
+redis.call('HSET', KEYS[1], 'tokens', '0', 'updated_at', string.format('%.17g', math.max(target, now)),
+  'paused_until', string.format('%.17g', target))
+redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(0, target - now) + idle) * 1000))
+return string.format('%.17g', target)
+"""
+
+# KEYS[1] bucket. Returns {tokens, updated_at, paused_until, now} as strings, or {now} for no bucket.
+_READ_LUA = """
+local t = redis.call('TIME')
+local now = string.format('%.17g', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until')
+if not s[1] then return {now} end
+return {s[1], s[2], s[3] or '0', now}
+"""
+
+
+class RedisQuotaBudget(_TokenBucketBudget):
+    """The bucket in a Redis hash, changed only by Lua scripts so each attempt is atomic."""
+
+    def __init__(
+        self, client: redis.Redis, rate_per_second: float, capacity: float, *, prefix: str = "mailpipe:quota:"
+    ) -> None:
+        super().__init__(rate_per_second, capacity)
+        self.client = client
+        self.prefix = prefix
+        self._take = client.register_script(_TAKE_LUA)
+        self._pause = client.register_script(_PAUSE_LUA)
+        self._read = client.register_script(_READ_LUA)
+
+    def _attempt(self, key: str, units: int) -> float:
+        args: list[str | float] = [repr(self.rate), repr(self.capacity), units, IDLE_EXPIRY_SECONDS]
+        return float(self._take(keys=[self.prefix + key], args=args))
+
+    def pause(self, key: str, until_epoch: float) -> None:
+        self._pause(keys=[self.prefix + key], args=[repr(float(until_epoch)), IDLE_EXPIRY_SECONDS])
+
+    def snapshot(self, key: str) -> BucketState:
+        values: list[Any] = self._read(keys=[self.prefix + key])
+        if len(values) == 1:
+            return BucketState(self.capacity, 0.0)
+        tokens, updated_at, paused, now = (float(v) for v in values)
+        tokens, _ = _refill(tokens, updated_at, now, self.rate, self.capacity)
+        return BucketState(tokens, paused)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+_Q = QuotaBucket
+_DB_NOW = cast(func.extract("epoch", func.clock_timestamp()), Float)
+
+
+class PostgresQuotaBudget(_TokenBucketBudget):
+    """The bucket in a `quota_buckets` row, one short `SELECT ... FOR UPDATE` transaction per attempt."""
+
+    def __init__(self, engine: Engine, rate_per_second: float, capacity: float) -> None:
+        super().__init__(rate_per_second, capacity)
+        self.engine = engine
+
+    def _attempt(self, key: str, units: int) -> float:
+        with self.engine.begin() as conn:
+            conn.execute(self._upsert(key))
+            row = conn.execute(self._select(key).with_for_update()).one()
+            # The clock is read after the lock is held, so attempts that queued on it see later times.
+            now = conn.execute(select(_DB_NOW)).scalar_one()
+            step = _step(BucketState(row.tokens, row.paused_until), row.updated_at, now, units, self.rate,
+                         self.capacity)
+            if step.wait <= 0:
+                conn.execute(update(_Q).where(_Q.key == key).values(tokens=step.tokens, updated_at=step.updated_at))
+        return step.wait
+
+    def pause(self, key: str, until_epoch: float) -> None:
+        until = float(until_epoch)
+        with self.engine.begin() as conn:
+            conn.execute(self._upsert(key))
+            conn.execute(
+                update(_Q)
+                .where(_Q.key == key, _Q.paused_until < until)
+                .values(paused_until=until, tokens=0.0, updated_at=func.greatest(until, _DB_NOW))
+            )
+
+    def snapshot(self, key: str) -> BucketState:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._select(key)).one_or_none()
+            now = conn.execute(select(_DB_NOW)).scalar_one()
+        return self._state(row, now)
+
+    def _state(self, row: Row[Any] | None, now: float) -> BucketState:
+        if row is None:
+            return BucketState(self.capacity, 0.0)
+        tokens, _ = _refill(row.tokens, row.updated_at, now, self.rate, self.capacity)
+        return BucketState(tokens, row.paused_until)
+
+    def _upsert(self, key: str) -> Any:
+        # A new bucket starts full; concurrent first attempts on a key queue on the insert, then on the lock.
+        return (
+            pg_insert(_Q)
+            .values(key=key, tokens=self.capacity, updated_at=_DB_NOW, paused_until=0.0)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+
+    @staticmethod
+    def _select(key: str) -> Any:
+        return select(_Q.tokens, _Q.updated_at, _Q.paused_until).where(_Q.key == key)
+
+
+# ---------------------------------------------------------------- choosing one
+
+
+def shared_redis_url(settings: Settings) -> str | None:
+    """Redis for shared state: the explicit one, else the broker when it is Redis."""
+    if settings.redis_url:
+        return settings.redis_url
+    if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
+        return settings.broker_url
+    return None
+
+
+BURST_SHARE = 0.03  # the largest batch, as a share of a minute's quota
+
+
+def effective_batch_size(table: CostTable, configured: int) -> int:
+    """Gets per batch: the configured size, but never more than a small share of a minute's quota.
+
+    Under the 2026 regime a 50-get batch is 1,000 units, a sixth of the minute; bursts that large
+    would force the steady rate far below the ceiling (see `budget_for`).
+    """
+    return max(1, min(configured, int(BURST_SHARE * table.per_user_per_minute / table.cost("messages.get"))))
+
+
+def batch_capacity(table: CostTable, batch_size: int, rate_per_second: float) -> float:
+    """Burst size: one full batch of messages.get, or one second of rate if that is larger."""
+    return float(max(table.cost("messages.get") * batch_size, rate_per_second))
+
+
+def steady_rate(per_minute: float, capacity: float) -> float:
+    """Tokens per second such that no sliding minute ever sees more than `per_minute` units.
+
+    A bucket of capacity C refilled at r spends at most C + 60·r in any 60 s; Gmail counts per
+    minute, so r = (L − C) / 60 runs at the ceiling minus one burst and never trips a 429.
+    """
+    return max(per_minute - capacity, capacity) / 60.0
+
+
+def budget_for(settings: Settings, engine: Engine) -> QuotaBudget:
+    table = CostTable.for_regime(settings.gmail_regime, settings.gmail_quota_per_minute)
+    batch = effective_batch_size(table, settings.gmail_batch_size)
+    capacity = batch_capacity(table, batch, table.per_user_per_minute / 60.0)
+    rate = steady_rate(table.per_user_per_minute * settings.gmail_quota_headroom, capacity)
+    url = shared_redis_url(settings)
+    if url is None:
+        return PostgresQuotaBudget(engine, rate, capacity)
+    # Keepalive and health checks: a silently dead connection would stall every worker of the account.
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_keepalive=True, health_check_interval=30)
+    return RedisQuotaBudget(client, rate, capacity)
+
+
+# ---------------------------------------------------------------- server hints
+
+_RETRY_AFTER_TEXT = re.compile(
+    r"retry after\s+(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)", re.IGNORECASE
+)
+
+
+def retry_after_seconds(headers: Mapping[str, str], message: str, now: datetime) -> float | None:
+    """Seconds the server asked us to wait: the larger of `Retry-After` and "Retry after <ISO time>"."""
+    found = [s for s in (_header_seconds(headers, now), _message_seconds(message, now)) if s is not None]
+    return max(found) if found else None
+
+
+def _header_seconds(headers: Mapping[str, str], now: datetime) -> float | None:
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return _seconds_until(when, now)
+
+
+def _message_seconds(message: str, now: datetime) -> float | None:
+    match = _RETRY_AFTER_TEXT.search(message or "")
+    if match is None:
+        return None
+    try:
+        when = datetime.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+    return _seconds_until(when, now)
+
+
+def _seconds_until(when: datetime, now: datetime) -> float:
+    # Naive times are UTC: HTTP dates and Google's timestamps are.
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())

@@ -1,0 +1,380 @@
+"""The Gmail API source: listing, history, batch fetch, over the real google-api-python-client.
+
+Every call spends from the account's shared quota budget first (so the workers of one account
+together stay under Gmail's per-user limit) and is classified on failure (DESIGN.md §3): rate
+limits pause the whole account for the server's Retry-After, transient errors back off, auth
+errors stop at once, a 404 on a message means it is gone. Batches carry at most 50 gets; only the
+failed items of a batch are sent again, in smaller batches after a rate error; none is dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.credentials import OAuthGrant, credentials_for
+from pipeline.resilience.classify import (
+    AUTH,
+    GONE,
+    PERMANENT,
+    QUOTA,
+    RATE_LIMIT,
+    TRANSIENT,
+    ClassifiedError,
+    backoff_seconds,
+    classify,
+    http_error_parts,
+)
+from pipeline.resilience.quota import CostTable, QuotaBudget, retry_after_seconds
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GOOGLE_API = "https://gmail.googleapis.com"
+# Like Gmail's own listing, mailpipe keeps no spam or trash: a message moved there leaves the store,
+# and comes back (fetched again) if it is moved out.
+HIDDEN_LABELS = frozenset({"SPAM", "TRASH"})
+MAX_ATTEMPTS = 8  # per call or per batch item, before the caller's own retry (the stage's) takes over
+
+
+class GmailError(ClassifiedError):
+    """A Gmail call failed for good at this level; `error_class` says what to do next."""
+
+
+class CursorExpired(GmailError):
+    """history.list answered 404: the stored historyId is older than Gmail keeps history."""
+
+    error_class = GONE
+
+
+@dataclass(frozen=True, slots=True)
+class GmailConfig:
+    api_url: str | None
+    timeout: float
+    batch_size: int
+    page_size: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GmailConfig:
+        return cls(settings.gmail_api_url, settings.gmail_timeout, settings.gmail_batch_size,
+                   settings.gmail_list_page_size)
+
+    @property
+    def batch_uri(self) -> str:
+        return (self.api_url or GOOGLE_API).rstrip("/") + "/batch/gmail/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    email: str
+    history_id: int
+    messages_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    id: str
+    thread_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    id: str
+    thread_id: str
+    label_ids: tuple[str, ...]
+    internal_date_ms: int
+    raw: bytes
+
+
+@dataclass
+class HistoryDelta:
+    """The net effect of history records in order: what to fetch, delete and relabel."""
+
+    latest_history_id: int
+    added: dict[str, MessageRef] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    labels_added: dict[str, set[str]] = field(default_factory=dict)
+    labels_removed: dict[str, set[str]] = field(default_factory=dict)
+
+    def apply(self, record: dict[str, Any]) -> None:
+        for item in record.get("messagesAdded", []):
+            m = item["message"]
+            self.deleted.discard(m["id"])
+            if HIDDEN_LABELS.isdisjoint(m.get("labelIds", [])):
+                self.added[m["id"]] = MessageRef(m["id"], m.get("threadId", m["id"]))
+        for item in record.get("messagesDeleted", []):
+            mid = item["message"]["id"]
+            self.added.pop(mid, None)
+            self.deleted.add(mid)
+        for item in record.get("labelsAdded", []):
+            self._relabel(item["message"]["id"], set(item.get("labelIds", [])), set())
+        for item in record.get("labelsRemoved", []):
+            self._relabel(item["message"]["id"], set(), set(item.get("labelIds", [])))
+
+    def hidden(self) -> set[str]:
+        """Messages now in spam or trash: they leave the store."""
+        return {mid for mid, labels in self.labels_added.items() if labels & HIDDEN_LABELS}
+
+    def revealed(self) -> list[MessageRef]:
+        """Messages taken out of spam or trash: fetched again unless we still hold them."""
+        return [MessageRef(mid, mid) for mid, labels in sorted(self.labels_removed.items())
+                if labels & HIDDEN_LABELS and mid not in self.hidden()]
+
+    def _relabel(self, mid: str, add: set[str], remove: set[str]) -> None:
+        if mid in self.added:
+            if add & HIDDEN_LABELS:
+                del self.added[mid]  # trashed before we fetched it
+            return  # otherwise fetched after this record, so it arrives with its current labels
+        plus, minus = self.labels_added.setdefault(mid, set()), self.labels_removed.setdefault(mid, set())
+        plus.difference_update(remove)
+        minus.difference_update(add)
+        plus.update(add)
+        minus.update(remove)
+
+
+@dataclass
+class FetchOutcome:
+    fetched: list[FetchedMessage] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # permanent per-message errors
+
+
+OnBatch = Callable[[FetchOutcome], None]
+
+
+class GmailClient:
+    """One account's Gmail API, used by one thread at a time (httplib2 is not thread-safe)."""
+
+    def __init__(self, grant: OAuthGrant, config: GmailConfig, budget: QuotaBudget, costs: CostTable,
+                 account_key: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.budget = budget
+        self.costs = costs
+        self.key = account_key
+        self._sleep = sleep
+        self._service = _build_service(grant, config)
+        self.units_spent = 0
+        self.calls = 0
+
+    # ------------------------------------------------------------------ single calls
+
+    def profile(self) -> Profile:
+        body = self._call("getProfile", lambda: self._users().getProfile(userId="me"))
+        return Profile(body["emailAddress"], int(body["historyId"]), int(body.get("messagesTotal", 0)))
+
+    def list_pages(self, query: str | None = None, label_ids: Sequence[str] | None = None,
+                   include_spam_trash: bool = False) -> Iterator[list[MessageRef]]:
+        """Message refs, newest first, a page at a time (the caller persists each page)."""
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"userId": "me", "maxResults": self.config.page_size,
+                                      "includeSpamTrash": include_spam_trash}
+            if query:
+                params["q"] = query
+            if label_ids:
+                params["labelIds"] = list(label_ids)
+            if token:
+                params["pageToken"] = token
+            body = self._call("messages.list", lambda p=params: self._users().messages().list(**p))  # type: ignore[misc]
+            yield [MessageRef(m["id"], m.get("threadId", m["id"])) for m in body.get("messages", [])]
+            token = body.get("nextPageToken")
+            if not token:
+                return
+
+    def history(self, start_history_id: int) -> HistoryDelta:
+        """Every change since `start_history_id`, netted; raises CursorExpired on Gmail's 404."""
+        delta = HistoryDelta(latest_history_id=start_history_id)
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"userId": "me", "startHistoryId": str(start_history_id), "maxResults": 500,
+                                      "historyTypes": ["messageAdded", "messageDeleted", "labelAdded",
+                                                       "labelRemoved"]}
+            if token:
+                params["pageToken"] = token
+            try:
+                body = self._call("history.list", lambda p=params: self._users().history().list(**p))  # type: ignore[misc]
+            except GmailError as exc:
+                if exc.error_class == GONE:
+                    raise CursorExpired(f"history from {start_history_id} has expired") from exc
+                raise
+            for record in body.get("history", []):
+                delta.apply(record)
+            delta.latest_history_id = max(delta.latest_history_id, int(body.get("historyId", 0)))
+            token = body.get("nextPageToken")
+            if not token:
+                return delta
+
+    def watch(self, topic: str, label_ids: Sequence[str] = ("INBOX",)) -> tuple[int, datetime]:
+        body = self._call("watch", lambda: self._users().watch(
+            userId="me", body={"topicName": topic, "labelIds": list(label_ids)}))
+        expires = datetime.fromtimestamp(int(body["expiration"]) / 1000, UTC)
+        return int(body["historyId"]), expires
+
+    def stop_watch(self) -> None:
+        self._call("stop", lambda: self._users().stop(userId="me"))
+
+    # ------------------------------------------------------------------ batch fetch
+
+    def fetch(self, ids: Sequence[str], on_batch: OnBatch) -> None:
+        """Fetch every id as raw through batches; `on_batch` receives each batch's outcome to persist.
+
+        Returns when every id was fetched, found gone, or failed permanently; raises GmailError when
+        some could not be fetched after MAX_ATTEMPTS (those already handed to `on_batch` are kept).
+        """
+        pending = list(ids)
+        attempts: dict[str, int] = {}
+        size = self.config.batch_size
+        while pending:
+            chunk, pending = pending[:size], pending[size:]
+            retry, worst, wait = self._fetch_batch(chunk, on_batch)
+            if not retry:
+                size = min(self.config.batch_size, size * 2)  # recover after a rate error passed
+                continue
+            for mid in retry:
+                attempts[mid] = attempts.get(mid, 0) + 1
+                if attempts[mid] >= MAX_ATTEMPTS:
+                    raise GmailError(f"message {mid} not fetched after {MAX_ATTEMPTS} attempts ({worst})",
+                                     worst)
+            if worst == RATE_LIMIT:
+                size = max(1, len(chunk) // 2)
+            pending = retry + pending
+            self._sleep(wait)
+
+    def _fetch_batch(self, chunk: list[str], on_batch: OnBatch) -> tuple[list[str], str, float]:
+        """One batch; returns (ids to retry, their worst class, seconds to wait before retrying)."""
+        from googleapiclient.http import BatchHttpRequest
+
+        outcome = FetchOutcome()
+        retry: list[str] = []
+        classes: list[str] = []
+        retry_after = 0.0
+
+        def collect(request_id: str, response: Any, exc: Exception | None) -> None:
+            nonlocal retry_after
+            if exc is None:
+                outcome.fetched.append(_fetched(response))
+                return
+            error_class = classify(exc)
+            if error_class == GONE:
+                outcome.gone.append(request_id)
+            elif error_class in (TRANSIENT, RATE_LIMIT, QUOTA) or error_class == "timeout":
+                retry.append(request_id)
+                classes.append(error_class)
+                retry_after = max(retry_after, self._retry_after(exc) or 0.0)
+            elif error_class == AUTH:
+                raise GmailError(f"Gmail refused the account's credentials: {exc}", AUTH)
+            else:
+                outcome.failed[request_id] = _reason(exc)
+
+        self._spend("messages.get", len(chunk))
+        batch = BatchHttpRequest(callback=collect, batch_uri=self.config.batch_uri)
+        for mid in chunk:
+            batch.add(self._users().messages().get(userId="me", id=mid, format="raw"), request_id=mid)
+        try:
+            batch.execute()
+        except GmailError:
+            raise
+        except Exception as exc:  # the whole batch failed: every item is retried
+            error_class = classify(exc)
+            if error_class == AUTH:
+                raise GmailError(f"Gmail refused the account's credentials: {exc}", AUTH) from exc
+            if error_class not in (TRANSIENT, RATE_LIMIT, QUOTA, "timeout"):
+                raise GmailError(f"batch request failed: {_reason(exc)}", error_class) from exc
+            retry, classes = list(chunk), [error_class]
+            retry_after = self._retry_after(exc) or 0.0
+        on_batch(outcome)
+        if not retry:
+            return [], "", 0.0
+        worst = _worst(classes)
+        return retry, worst, self._wait(worst, retry_after, len(retry))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _users(self) -> Any:
+        return self._service.users()
+
+    def _spend(self, method: str, count: int = 1) -> None:
+        units = self.costs.cost(method) * count
+        self.budget.acquire(self.key, units)
+        self.units_spent += units
+        self.calls += count
+
+    def _call(self, method: str, make: Callable[[], Any]) -> Any:
+        for attempt in range(MAX_ATTEMPTS):
+            self._spend(method)
+            try:
+                return make().execute(num_retries=0)
+            except Exception as exc:
+                error_class = classify(exc)
+                if error_class not in (TRANSIENT, RATE_LIMIT, QUOTA, "timeout"):
+                    raise GmailError(f"{method}: {_reason(exc)}", error_class) from exc
+                log.info("gmail %s: %s (attempt %d); retrying", method, error_class, attempt + 1)
+                self._sleep(self._wait(error_class, self._retry_after(exc) or 0.0, attempt))
+        raise GmailError(f"{method}: no success after {MAX_ATTEMPTS} attempts", TRANSIENT)
+
+    def _retry_after(self, exc: Exception) -> float | None:
+        headers = {str(k).lower(): str(v) for k, v in dict(getattr(exc, "resp", {}) or {}).items()}
+        return retry_after_seconds(headers, http_error_parts(exc)[2], datetime.now(UTC))
+
+    def _wait(self, error_class: str, retry_after: float, attempt: int) -> float:
+        if error_class in (RATE_LIMIT, QUOTA):
+            # Account-wide: every worker of this account stops until the server's time, not just us.
+            backoff = backoff_seconds(error_class, min(attempt, 6), random.random()) or 0.0
+            wait = max(retry_after, backoff, 1.0)
+            self.budget.pause(self.key, time.time() + wait)
+            return 0.0  # the budget itself now holds everyone back
+        return backoff_seconds(TRANSIENT, min(attempt, 6), random.random()) or 0.5
+
+
+def _build_service(grant: OAuthGrant, config: GmailConfig) -> Any:
+    import google_auth_httplib2
+    import httplib2
+    from googleapiclient.discovery import build
+
+    http = google_auth_httplib2.AuthorizedHttp(credentials_for(grant), http=httplib2.Http(timeout=config.timeout))
+    options = {"api_endpoint": config.api_url} if config.api_url else None
+    return build("gmail", "v1", http=http, static_discovery=True, cache_discovery=False, client_options=options)
+
+
+def _fetched(body: dict[str, Any]) -> FetchedMessage:
+    raw = base64.urlsafe_b64decode(body.get("raw", "") + "=" * (-len(body.get("raw", "")) % 4))
+    return FetchedMessage(
+        id=body["id"],
+        thread_id=body.get("threadId", body["id"]),
+        label_ids=tuple(body.get("labelIds", [])),
+        internal_date_ms=int(body.get("internalDate", 0)),
+        raw=raw,
+    )
+
+
+def _worst(classes: list[str]) -> str:
+    for c in (QUOTA, RATE_LIMIT, "timeout", TRANSIENT):
+        if c in classes:
+            return c
+    return PERMANENT
+
+
+def _reason(exc: BaseException) -> str:
+    status, reason, message = http_error_parts(exc)
+    if status:
+        return f"HTTP {status} {reason}: {message}"[:500]
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+__all__ = [
+    "CursorExpired",
+    "FetchOutcome",
+    "FetchedMessage",
+    "GmailClient",
+    "GmailConfig",
+    "GmailError",
+    "HistoryDelta",
+    "MessageRef",
+    "Profile",
+]

@@ -1,0 +1,60 @@
+"""Triggered Gmail syncs (push, beat, web hook) and watch renewal, on the `sync` queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from pipeline.accounts import gmail_client
+from pipeline.errors import MailpipeError, RunConflictError
+from pipeline.push import renew_watch, request_sync, start_requested_sync, watched_accounts
+from pipeline.syncing import sync_account
+from tasks import context
+from tasks.app import app
+from tasks.chains import dispatch_window
+
+log = logging.getLogger(__name__)
+
+RUN_CONFLICT_COUNTDOWN = 30.0
+SYNC_TIME_LIMIT = 24 * 3600  # a full sync of a large mailbox at the 2026 quota takes hours
+
+
+# Not acks_late: a sync drives a whole run; redelivered after a crash it would race the run's
+# takeover. A lost sync is recovered by the next trigger (the beat's poll), which resumes the run.
+@app.task(bind=True, name="mailpipe.sync", acks_late=False, time_limit=SYNC_TIME_LIMIT,
+          soft_time_limit=SYNC_TIME_LIMIT - 60)
+def sync(self: Task, account_id: int, mode: str = "auto") -> dict[str, Any]:
+    engine, settings = context.engine(), context.settings()
+    start_requested_sync(engine, account_id)
+    try:
+        summary = sync_account(engine, settings, account_id, gmail_client(engine, settings, account_id),
+                               dispatch_window, mode=mode)
+    except RunConflictError as exc:
+        raise self.retry(countdown=RUN_CONFLICT_COUNTDOWN, max_retries=120, exc=exc) from exc
+    return summary.as_dict()
+
+
+def enqueue_sync(account_id: int) -> None:
+    sync.apply_async((account_id,))
+
+
+def trigger_sync(account_id: int) -> str:
+    """Queue a sync unless one is queued already; the status says which."""
+    return request_sync(context.engine(), account_id, enqueue_sync).status
+
+
+@app.task(name="mailpipe.renew_watches")
+def renew_watches() -> int:
+    engine, settings = context.engine(), context.settings()
+    if not settings.gmail_push_topic:
+        return 0
+    renewed = 0
+    for account_id in watched_accounts(engine):
+        try:
+            renew_watch(engine, account_id, gmail_client(engine, settings, account_id), settings.gmail_push_topic)
+            renewed += 1
+        except MailpipeError as exc:  # one account's trouble must not stop the others' renewal
+            log.warning("watch renewal for account %s failed: %s", account_id, exc)
+    return renewed
