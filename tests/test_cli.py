@@ -66,3 +66,32 @@ def test_embedded_default_imports_and_answers(embedded_home: Path, sample_mbox: 
 
     hits = json.loads(_run(["search", "invoice", "--json"], embedded_home).stdout)["hits"]
     assert hits and {"message_id", "thread_id", "subject", "from", "date", "score", "snippet"} <= set(hits[0])
+
+
+def test_demo_gmail_syncs_the_sample_through_the_api_path(tmp_path: Path, sample_mbox: Path) -> None:
+    """`demo --gmail`: a loopback Gmail server, the OAuth refresh, batch fetches, the worker pool."""
+    from tests.oracle import mbox_facts
+
+    home = tmp_path / "home"
+    result = _run(["demo", "--gmail", "--json"], home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sync = json.loads(result.stdout)["sync"]
+    assert sync["mode"] == "full" and sync["status"] == "done"
+    assert sync["new_messages"] == mbox_facts(sample_mbox).messages
+    assert sync["quota_units"] > 0 and sync["failed"] == 0
+    accounts = json.loads(_run(["accounts", "list", "--json"], home).stdout)["accounts"]
+    assert [(a["email"], a["kind"], a["connected"]) for a in accounts] == [("me@example.com", "gmail", True)]
+
+
+def test_accounts_add_needs_a_secret_key(tmp_path: Path) -> None:
+    grant = tmp_path / "grant.json"
+    grant.write_text('{"refresh_token": "r", "client_id": "c", "client_secret": "s"}')
+    result = _run(["accounts", "add", "me@example.com", "--grant-file", str(grant)], tmp_path / "home")
+    assert result.returncode == 1
+    assert "MAILPIPE_SECRET_KEY" in result.stderr
+
+
+def test_sync_of_an_unknown_account_is_a_clear_error(embedded_home: Path) -> None:
+    result = _run(["sync", "nobody@example.com"], embedded_home)
+    assert result.returncode == 2
+    assert "no account 'nobody@example.com'" in result.stderr

@@ -193,10 +193,10 @@ def test_budget_for_falls_back_to_postgres(engine: Engine) -> None:
 
 
 def test_budget_for_rate_and_capacity_follow_the_regime(engine: Engine) -> None:
-    # 2026: a 50-get batch would be a sixth of the minute, so batches shrink to 3% of it (9 gets).
+    # 2026: a 50-get batch would be a sixth of the minute, so batches shrink to 2% of it (6 gets).
     chosen = budget_for(_settings(gmail_regime="2026", gmail_quota_headroom=0.5, gmail_batch_size=50), engine)
     assert isinstance(chosen, PostgresQuotaBudget)
-    assert chosen.capacity == 9 * 20
+    assert chosen.capacity == 6 * 20
     # One burst plus a minute of refill never exceeds the minute's (headroom-scaled) quota.
     assert chosen.capacity + 60 * chosen.rate == pytest.approx(6_000 * 0.5)
     legacy = budget_for(_settings(), engine)
@@ -210,7 +210,7 @@ def test_budget_for_rate_and_capacity_follow_the_regime(engine: Engine) -> None:
 
 def test_effective_batch_size_caps_bursts_at_a_share_of_the_minute() -> None:
     assert effective_batch_size(CostTable.legacy(), 50) == 50
-    assert effective_batch_size(CostTable.y2026(), 50) == 9
+    assert effective_batch_size(CostTable.y2026(), 50) == 6
     assert effective_batch_size(CostTable.for_regime("legacy", 100), 50) == 1
 
 
@@ -260,3 +260,14 @@ NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 def test_retry_after_seconds(headers: dict[str, str], message: str, expected: float | None) -> None:
     got = retry_after_seconds(headers, message, NOW)
     assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_refund_gives_back_units_but_not_during_a_pause(budget: Budget) -> None:
+    budget.acquire("a", 20)
+    budget.refund("a", 15)
+    assert 15 <= budget.snapshot("a").tokens <= CAPACITY
+    budget.refund("a", 15)
+    assert budget.snapshot("a").tokens == pytest.approx(CAPACITY)  # never beyond capacity
+    budget.pause("a", time.time() + 30)
+    budget.refund("a", 15)
+    assert budget.snapshot("a").tokens == 0

@@ -38,7 +38,7 @@ class LocalEmbedder:
         self,
         model_dir: Path | None = None,
         *,
-        batch_size: int = 64,
+        batch_size: int = 16,
         threads: int | None = None,
         name: str = MODEL_NAME,
     ) -> None:

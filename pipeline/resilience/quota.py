@@ -105,6 +105,8 @@ class QuotaBudget(Protocol):
 
     def acquire(self, key: str, units: int, *, timeout: float | None = None) -> float: ...
 
+    def refund(self, key: str, units: int) -> None: ...
+
     def pause(self, key: str, until_epoch: float) -> None: ...
 
     def paused_until(self, key: str) -> float: ...
@@ -172,6 +174,13 @@ class _TokenBucketBudget(ABC):
         """Take the units and return 0, or return the seconds until they will be available."""
 
     @abstractmethod
+    def refund(self, key: str, units: int) -> None:
+        """Give back units of a call the server answered without doing its work (a 5xx).
+
+        Not while paused: a paused bucket restarts empty, and refunds would become a burst.
+        """
+
+    @abstractmethod
     def pause(self, key: str, until_epoch: float) -> None: ...
 
     @abstractmethod
@@ -220,6 +229,17 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(0, target - now) + idle) * 10
 return string.format('%.17g', target)
 """
 
+# KEYS[1] bucket; ARGV units, capacity. Adds the units back unless the bucket is paused.
+_REFUND_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'paused_until')
+if not s[1] or (tonumber(s[2]) or 0) > now then return 0 end
+local tokens = math.min(tonumber(ARGV[2]), tonumber(s[1]) + tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens))
+return 1
+"""
+
 # KEYS[1] bucket. Returns {tokens, updated_at, paused_until, now} as strings, or {now} for no bucket.
 _READ_LUA = """
 local t = redis.call('TIME')
@@ -242,6 +262,7 @@ class RedisQuotaBudget(_TokenBucketBudget):
         self._take = client.register_script(_TAKE_LUA)
         self._pause = client.register_script(_PAUSE_LUA)
         self._read = client.register_script(_READ_LUA)
+        self._refund = client.register_script(_REFUND_LUA)
 
     def _attempt(self, key: str, units: int) -> float:
         args: list[str | float] = [repr(self.rate), repr(self.capacity), units, IDLE_EXPIRY_SECONDS]
@@ -249,6 +270,9 @@ class RedisQuotaBudget(_TokenBucketBudget):
 
     def pause(self, key: str, until_epoch: float) -> None:
         self._pause(keys=[self.prefix + key], args=[repr(float(until_epoch)), IDLE_EXPIRY_SECONDS])
+
+    def refund(self, key: str, units: int) -> None:
+        self._refund(keys=[self.prefix + key], args=[units, repr(self.capacity)])
 
     def snapshot(self, key: str) -> BucketState:
         values: list[Any] = self._read(keys=[self.prefix + key])
@@ -294,6 +318,14 @@ class PostgresQuotaBudget(_TokenBucketBudget):
                 .values(paused_until=until, tokens=0.0, updated_at=func.greatest(until, _DB_NOW))
             )
 
+    def refund(self, key: str, units: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_Q)
+                .where(_Q.key == key, _Q.paused_until <= _DB_NOW)
+                .values(tokens=func.least(self.capacity, _Q.tokens + units))
+            )
+
     def snapshot(self, key: str) -> BucketState:
         with self.engine.connect() as conn:
             row = conn.execute(self._select(key)).one_or_none()
@@ -331,7 +363,7 @@ def shared_redis_url(settings: Settings) -> str | None:
     return None
 
 
-BURST_SHARE = 0.03  # the largest batch, as a share of a minute's quota
+BURST_SHARE = 0.02  # the largest batch, as a share of a minute's quota
 
 
 def effective_batch_size(table: CostTable, configured: int) -> int:

@@ -232,7 +232,7 @@ class GmailClient:
         size = self.config.batch_size
         while pending:
             chunk, pending = pending[:size], pending[size:]
-            retry, worst, wait = self._fetch_batch(chunk, on_batch)
+            retry, worst, retry_after = self._fetch_batch(chunk, on_batch)
             if not retry:
                 size = min(self.config.batch_size, size * 2)  # recover after a rate error passed
                 continue
@@ -241,17 +241,20 @@ class GmailClient:
                 if attempts[mid] >= MAX_ATTEMPTS:
                     raise GmailError(f"message {mid} not fetched after {MAX_ATTEMPTS} attempts ({worst})",
                                      worst)
-            if worst == RATE_LIMIT:
+            if worst in (RATE_LIMIT, QUOTA):
                 size = max(1, len(chunk) // 2)
-            pending = retry + pending
-            self._sleep(wait)
+            # Failed items go behind the fresh ones: a 5xx blip costs no waiting while other work
+            # remains; only an item failing again waits (backoff by its own attempts).
+            pending = pending + retry
+            self._sleep(self._wait(worst, retry_after, max(attempts[mid] for mid in retry) - 1))
 
     def _fetch_batch(self, chunk: list[str], on_batch: OnBatch) -> tuple[list[str], str, float]:
-        """One batch; returns (ids to retry, their worst class, seconds to wait before retrying)."""
+        """One batch; returns (ids to retry, their worst class, the server's Retry-After or 0)."""
         from googleapiclient.http import BatchHttpRequest
 
         outcome = FetchOutcome()
         retry: list[str] = []
+        unserved: list[str] = []
         classes: list[str] = []
         retry_after = 0.0
 
@@ -261,6 +264,8 @@ class GmailClient:
                 outcome.fetched.append(_fetched(response))
                 return
             error_class = classify(exc)
+            if _unserved(exc):
+                unserved.append(request_id)
             if error_class == GONE:
                 outcome.gone.append(request_id)
             elif error_class in (TRANSIENT, RATE_LIMIT, QUOTA) or error_class == "timeout":
@@ -288,11 +293,13 @@ class GmailClient:
                 raise GmailError(f"batch request failed: {_reason(exc)}", error_class) from exc
             retry, classes = list(chunk), [error_class]
             retry_after = self._retry_after(exc) or 0.0
+            if _unserved(exc):
+                unserved = list(chunk)
+        self._refund("messages.get", len(unserved))
         on_batch(outcome)
         if not retry:
             return [], "", 0.0
-        worst = _worst(classes)
-        return retry, worst, self._wait(worst, retry_after, len(retry))
+        return retry, _worst(classes), retry_after
 
     # ------------------------------------------------------------------ plumbing
 
@@ -305,12 +312,22 @@ class GmailClient:
         self.units_spent += units
         self.calls += count
 
+    def _refund(self, method: str, count: int) -> None:
+        # Gmail's own errors (5xx) and its refusals (429) did no work; our server charges neither,
+        # and a budget that counted them would run below the ceiling whenever faults occur.
+        if count:
+            units = self.costs.cost(method) * count
+            self.budget.refund(self.key, units)
+            self.units_spent -= units
+
     def _call(self, method: str, make: Callable[[], Any]) -> Any:
         for attempt in range(MAX_ATTEMPTS):
             self._spend(method)
             try:
                 return make().execute(num_retries=0)
             except Exception as exc:
+                if _unserved(exc):
+                    self._refund(method, 1)
                 error_class = classify(exc)
                 if error_class not in (TRANSIENT, RATE_LIMIT, QUOTA, "timeout"):
                     raise GmailError(f"{method}: {_reason(exc)}", error_class) from exc
@@ -323,13 +340,16 @@ class GmailClient:
         return retry_after_seconds(headers, http_error_parts(exc)[2], datetime.now(UTC))
 
     def _wait(self, error_class: str, retry_after: float, attempt: int) -> float:
+        """Seconds to sleep before retrying; `attempt` 0 is the first retry."""
         if error_class in (RATE_LIMIT, QUOTA):
             # Account-wide: every worker of this account stops until the server's time, not just us.
             backoff = backoff_seconds(error_class, min(attempt, 6), random.random()) or 0.0
             wait = max(retry_after, backoff, 1.0)
             self.budget.pause(self.key, time.time() + wait)
             return 0.0  # the budget itself now holds everyone back
-        return backoff_seconds(TRANSIENT, min(attempt, 6), random.random()) or 0.5
+        if attempt <= 0:
+            return 0.0
+        return backoff_seconds(TRANSIENT, min(attempt - 1, 6), random.random()) or 0.0
 
 
 def _build_service(grant: OAuthGrant, config: GmailConfig) -> Any:
@@ -351,6 +371,12 @@ def _fetched(body: dict[str, Any]) -> FetchedMessage:
         internal_date_ms=int(body.get("internalDate", 0)),
         raw=raw,
     )
+
+
+def _unserved(exc: BaseException) -> bool:
+    """The server answered without doing the call: a 5xx or a rate refusal (not a timeout or 404)."""
+    status = http_error_parts(exc)[0]
+    return status >= 500 or status == 429 or (status == 403 and classify(exc) in (RATE_LIMIT, QUOTA))
 
 
 def _worst(classes: list[str]) -> str:

@@ -1,0 +1,244 @@
+"""Ingest at the quota ceiling: Gmail full syncs against the project's server enforcing a regime.
+
+The server (its own process) holds generated mailboxes, enforces the per-user quota of the chosen
+regime with per-method costs, adds latency to every HTTP request and fails a share of calls with
+5xx. mailpipe syncs every account at once through its real path: the CLI's driver code, Celery
+workers on Redis, the shared per-account budget, batch fetches. The server measures what was
+charged; the sustained rate is the gets it served per second over the sync, as a share of the
+ceiling (per-user units per minute / 60 / the cost of messages.get).
+
+    python -m bench.gmail_quota [--regime legacy|2026] [--messages N] [--accounts K] [--report docs/PERFORMANCE.md]
+
+Embeddings are off (MAILPIPE_EMBEDDER=none): this measures ingestion, not the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKER = os.environ.get("MAILPIPE_BENCH_REDIS", "redis://127.0.0.1:6379/13")
+GET_COST = {"legacy": 5, "2026": 20}
+PER_MINUTE = {"legacy": 15_000, "2026": 6_000}
+
+
+# ---------------------------------------------------------------- the server, in its own process
+
+
+def _serve(conn: Connection, regime: str, accounts: int, messages: int, latency: float, error_rate: float) -> None:
+    from pipeline.stages.ingest import identify
+    from pipeline.testing.gmail_mailbox import FakeMailbox
+    from pipeline.testing.gmail_server import Faults, GmailServer, QuotaRegime
+
+    boxes = [FakeMailbox.from_generated(f"user{i}@example.com", messages, seed=100 + i) for i in range(accounts)]
+    quota = QuotaRegime.legacy() if regime == "legacy" else QuotaRegime.y2026()
+    server = GmailServer({b.email: b for b in boxes}, quota=quota,
+                         faults=Faults(latency=latency, error_rate=error_rate, seed=1))
+    server.start()
+    conn.send({"base_url": server.base_url, "token_uri": server.token_uri,
+               "accounts": {b.email: server.issue_refresh_token(b.email) for b in boxes}})
+    conn.recv()  # the bench says stop
+    hidden = {"SPAM", "TRASH"}
+    keys = {b.email: sorted({identify(b.get(i).raw)[0] for i in b.ids() if hidden.isdisjoint(b.get(i).label_ids)})
+            for b in boxes}
+    conn.send({"stats": {b.email: server.stats(b.email) for b in boxes}, "keys": keys})
+    server.stop()
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class AccountResult:
+    email: str
+    messages: int
+    missing: int
+    gets_per_second: float
+    ceiling_share: float
+    units_per_message: float
+    rate_limited: int
+    injected_5xx: int
+    sync_seconds: float
+
+
+def _workers(env: dict[str, str], accounts: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    # Ingest waits on the quota and the network, not the CPU: enough processes that one is always
+    # fetching while others write their window.
+    specs = [("ingest", max(4, min(2 * accounts, 12))), ("normalize,ai", 2)]
+    procs = []
+    for queues, concurrency in specs:
+        log = (log_dir / f"worker-{queues.replace(',', '-')}.log").open("ab")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-c", str(concurrency),
+             "--pool", "prefork", "-l", "WARNING", "-n", f"bench-{queues}-{os.getpid()}@%h",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
+
+
+def run(regime: str, accounts: int, messages: int, latency: float, error_rate: float) -> dict[str, Any]:
+    import redis
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(child, regime, accounts, messages, latency, error_rate))
+    server.start()
+    info = parent.recv()
+    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-quota-") as tmp:
+        from pipeline.credentials import new_key
+        from pipeline.storage.db import migrate
+        from pipeline.storage.embedded import start_embedded_postgres
+
+        url = start_embedded_postgres(Path(tmp) / "pg")
+        migrate(url)
+        redis.Redis.from_url(BROKER).flushdb()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
+        env.update({
+            "MAILPIPE_HOME": tmp, "MAILPIPE_DATABASE_URL": url, "MAILPIPE_BROKER_URL": BROKER,
+            "MAILPIPE_GMAIL_API_URL": info["base_url"], "MAILPIPE_SECRET_KEY": new_key(),
+            "MAILPIPE_GMAIL_REGIME": regime, "MAILPIPE_EMBEDDER": "none", "MAILPIPE_WINDOW_SIZE": "200",
+            # Deep enough that the downstream stages never hold ingestion back during the run.
+            "MAILPIPE_WINDOWS_IN_FLIGHT": "256", "HF_HUB_OFFLINE": "1",
+        })
+        os.environ.update(env)
+        workers = _workers(env, accounts, Path(tmp))
+        try:
+            durations = _sync_all(url, info)
+        finally:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait(30)
+        held = _held_keys(url)
+    parent.send("stop")
+    server_side = parent.recv()
+    server.join(30)
+    results = [_account_result(email, server_side, held.get(email, set()), durations[email], regime)
+               for email in sorted(info["accounts"])]
+    return {"regime": regime, "accounts": accounts, "messages_per_account": messages, "latency": latency,
+            "error_rate": error_rate, "results": [asdict(r) for r in results],
+            "aggregate_gets_per_second": round(sum(r.gets_per_second for r in results), 2)}
+
+
+def _sync_all(url: str, info: dict[str, Any]) -> dict[str, float]:
+    from pipeline.accounts import connect_account, gmail_client
+    from pipeline.credentials import OAuthGrant, TokenCipher
+    from pipeline.settings import Settings
+    from pipeline.storage.db import engine_for
+    from pipeline.syncing import sync_account
+    from tasks.chains import dispatch_window
+
+    settings = Settings()
+    engine = engine_for(url)
+    cipher = TokenCipher.from_settings(settings)
+    ids = {email: connect_account(engine, cipher, email, OAuthGrant(token, "bench", "bench", info["token_uri"]))
+           for email, token in info["accounts"].items()}
+    durations: dict[str, float] = {}
+    errors: list[BaseException] = []
+
+    def one(email: str) -> None:
+        started = time.monotonic()
+        try:
+            summary = sync_account(engine, settings, ids[email], gmail_client(engine, settings, ids[email]),
+                                   dispatch_window)
+            if summary.status != "done":
+                raise RuntimeError(f"{email}: {summary}")
+        except BaseException as exc:  # reported after every thread ends
+            errors.append(exc)
+        durations[email] = time.monotonic() - started
+
+    threads = [threading.Thread(target=one, args=(email,)) for email in info["accounts"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return durations
+
+
+def _held_keys(url: str) -> dict[str, set[str]]:
+    from sqlalchemy import text
+
+    from pipeline.storage.db import engine_for
+
+    with engine_for(url).connect() as conn:
+        rows = conn.execute(text("SELECT a.email, m.message_key FROM messages m "
+                                 "JOIN accounts a ON a.id = m.account_id"))
+        held: dict[str, set[str]] = {}
+        for email, key in rows:
+            held.setdefault(email, set()).add(key)
+    return held
+
+
+def _account_result(email: str, server_side: dict[str, Any], held: set[str], seconds: float,
+                    regime: str) -> AccountResult:
+    stats = server_side["stats"][email]
+    keys = set(server_side["keys"][email])
+    gets = stats["units_by_method"].get("messages.get", 0) / GET_COST[regime]
+    span = max(stats["last_charge_at"] - stats["first_charge_at"], 1e-9)
+    ceiling = PER_MINUTE[regime] / 60 / GET_COST[regime]
+    rate = gets / span
+    return AccountResult(
+        email=email, messages=len(keys), missing=len(keys - held), gets_per_second=round(rate, 2),
+        ceiling_share=round(rate / ceiling, 3), units_per_message=round(stats["units"] / max(len(keys), 1), 2),
+        rate_limited=stats["rate_limited"], injected_5xx=stats["injected_5xx"], sync_seconds=round(seconds, 1),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", choices=["legacy", "2026"], default="legacy")
+    parser.add_argument("--messages", type=int, default=None, help="Per account (default: ~2 minutes of quota).")
+    parser.add_argument("--accounts", type=int, default=1)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--error-rate", type=float, default=0.05)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--report", type=Path, default=None)
+    args = parser.parse_args(argv)
+    ceiling = PER_MINUTE[args.regime] / 60 / GET_COST[args.regime]
+    messages = args.messages or int(ceiling * 120)
+    data = run(args.regime, args.accounts, messages, args.latency, args.error_rate)
+    worst = min(r["ceiling_share"] for r in data["results"])
+    missing = sum(r["missing"] for r in data["results"])
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{'account':<22} {'msgs':>6} {'missing':>7} {'gets/s':>7} {'share':>6} {'units/msg':>9} "
+              f"{'429s':>5} {'5xx':>5} {'sync s':>7}")
+        for r in data["results"]:
+            print(f"{r['email']:<22} {r['messages']:>6} {r['missing']:>7} {r['gets_per_second']:>7} "
+                  f"{r['ceiling_share']:>6} {r['units_per_message']:>9} {r['rate_limited']:>5} "
+                  f"{r['injected_5xx']:>5} {r['sync_seconds']:>7}")
+        print(f"ceiling {ceiling:g} gets/s per account; worst share {worst}; aggregate "
+              f"{data['aggregate_gets_per_second']} gets/s; missing {missing}")
+    if args.report:
+        from bench.report import write_section
+
+        command = (f"python -m bench.gmail_quota --regime {args.regime} --accounts {args.accounts} "
+                   f"--messages {messages} --latency {args.latency} --error-rate {args.error_rate}")
+        rows = [[r["email"], str(r["messages"]), str(r["missing"]), str(r["gets_per_second"]),
+                 str(r["ceiling_share"]), str(r["units_per_message"]), str(r["rate_limited"]),
+                 str(r["injected_5xx"])] for r in data["results"]]
+        write_section(args.report, f"ingest-quota-{args.regime}-{args.accounts}", command,
+                      ["account", "messages", "missing", "gets/s", "share of ceiling", "units/message", "429s",
+                       "injected 5xx"], rows,
+                      f"Ceiling {ceiling:g} messages/s per account; worst share {worst} (target ≥ 0.95); "
+                      f"aggregate {data['aggregate_gets_per_second']} gets/s; missing {missing} (target 0).")
+    return 0 if worst >= 0.95 and missing == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
