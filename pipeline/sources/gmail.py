@@ -261,7 +261,10 @@ class GmailClient:
         def collect(request_id: str, response: Any, exc: Exception | None) -> None:
             nonlocal retry_after
             if exc is None:
-                outcome.fetched.append(_fetched(response))
+                try:
+                    outcome.fetched.append(_fetched(response))
+                except (ValueError, KeyError, TypeError) as bad:  # binascii.Error is a ValueError
+                    outcome.failed[request_id] = f"undecodable message from the API: {bad}"[:500]
                 return
             error_class = classify(exc)
             if _unserved(exc):
@@ -363,7 +366,8 @@ def _build_service(grant: OAuthGrant, config: GmailConfig) -> Any:
 
 
 def _fetched(body: dict[str, Any]) -> FetchedMessage:
-    raw = base64.urlsafe_b64decode(body.get("raw", "") + "=" * (-len(body.get("raw", "")) % 4))
+    encoded = body["raw"]
+    raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
     return FetchedMessage(
         id=body["id"],
         thread_id=body.get("threadId", body["id"]),
