@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench-memory bench-replies clean
+.PHONY: install demo test test-fast lint bench-memory bench-replies bench-chaos clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ bench-memory: install
 
 bench-replies: install
 	$(PY) -m bench.eval_replies
+
+# A 10k-message Gmail sync while workers are SIGKILLed every 10 s and Redis and PostgreSQL restart once
+# (needs redis-server on the PATH; ~10 minutes on 2 cores). Figures: docs/RELIABILITY.md.
+bench-chaos: install
+	$(PY) -m bench.chaos --messages 10000 --kill-every 10 --report docs/RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

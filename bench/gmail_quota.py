@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -77,15 +78,37 @@ def _workers(env: dict[str, str], accounts: int, log_dir: Path) -> list[subproce
     # Ingest waits on the quota and the network, not the CPU: enough processes that one is always
     # fetching while others write their window.
     specs = [("ingest", max(4, min(2 * accounts, 12))), ("normalize,ai", 2)]
-    procs = []
-    for queues, concurrency in specs:
-        log = (log_dir / f"worker-{queues.replace(',', '-')}.log").open("ab")
-        procs.append(subprocess.Popen(
+    return [start_worker(env, queues, concurrency, log_dir) for queues, concurrency in specs]
+
+
+def start_worker(env: dict[str, str], queues: str, concurrency: int, log_dir: Path,
+                 name: str | None = None, log_level: str = "WARNING") -> subprocess.Popen[bytes]:
+    """One real `celery worker` (prefork) on `queues`, in its own session, logging to log_dir."""
+    log = (log_dir / f"worker-{queues.replace(',', '-')}.log").open("ab")
+    node = name or f"bench-{queues}-{os.getpid()}"
+    try:
+        return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-c", str(concurrency),
-             "--pool", "prefork", "-l", "WARNING", "-n", f"bench-{queues}-{os.getpid()}@%h",
+             "--pool", "prefork", "-l", log_level, "-n", f"{node}@%h",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    return procs
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+
+
+def bench_env(home: str, database_url: str, broker: str, gmail_api_url: str, regime: str,
+              windows_in_flight: int = 256) -> dict[str, str]:
+    """The environment of a bench's workers and driver: this process's, minus any MAILPIPE_ setting."""
+    from pipeline.credentials import new_key
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
+    env.update({
+        "MAILPIPE_HOME": home, "MAILPIPE_DATABASE_URL": database_url, "MAILPIPE_BROKER_URL": broker,
+        "MAILPIPE_GMAIL_API_URL": gmail_api_url, "MAILPIPE_SECRET_KEY": new_key(),
+        "MAILPIPE_GMAIL_REGIME": regime, "MAILPIPE_EMBEDDER": "none", "MAILPIPE_WINDOW_SIZE": "200",
+        "MAILPIPE_WINDOWS_IN_FLIGHT": str(windows_in_flight), "HF_HUB_OFFLINE": "1",
+    })
+    return env
 
 
 def run(regime: str, accounts: int, messages: int, latency: float, error_rate: float) -> dict[str, Any]:
@@ -97,21 +120,14 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
     server.start()
     info = parent.recv()
     with tempfile.TemporaryDirectory(prefix="mailpipe-bench-quota-") as tmp:
-        from pipeline.credentials import new_key
         from pipeline.storage.db import migrate
         from pipeline.storage.embedded import start_embedded_postgres
 
         url = start_embedded_postgres(Path(tmp) / "pg")
         migrate(url)
         redis.Redis.from_url(BROKER).flushdb()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
-        env.update({
-            "MAILPIPE_HOME": tmp, "MAILPIPE_DATABASE_URL": url, "MAILPIPE_BROKER_URL": BROKER,
-            "MAILPIPE_GMAIL_API_URL": info["base_url"], "MAILPIPE_SECRET_KEY": new_key(),
-            "MAILPIPE_GMAIL_REGIME": regime, "MAILPIPE_EMBEDDER": "none", "MAILPIPE_WINDOW_SIZE": "200",
-            # Deep enough that the downstream stages never hold ingestion back during the run.
-            "MAILPIPE_WINDOWS_IN_FLIGHT": "256", "HF_HUB_OFFLINE": "1",
-        })
+        # 256 windows in flight: deep enough that the downstream stages never hold ingestion back.
+        env = bench_env(tmp, url, BROKER, info["base_url"], regime)
         os.environ.update(env)
         workers = _workers(env, accounts, Path(tmp))
         try:
@@ -132,13 +148,19 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
             "aggregate_gets_per_second": round(sum(r.gets_per_second for r in results), 2)}
 
 
-def _sync_all(url: str, info: dict[str, Any]) -> dict[str, float]:
+def _sync_all(url: str, info: dict[str, Any], dispatch: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Connect every account and run its sync (the CLI's driver code), all at once; the seconds each took.
+
+    `dispatch` sends a window's chain (default: tasks.chains.dispatch_window).
+    """
     from pipeline.accounts import connect_account, gmail_client
     from pipeline.credentials import OAuthGrant, TokenCipher
     from pipeline.settings import Settings
     from pipeline.storage.db import engine_for
     from pipeline.syncing import sync_account
     from tasks.chains import dispatch_window
+
+    send = dispatch or dispatch_window
 
     settings = Settings()
     engine = engine_for(url)
@@ -151,8 +173,7 @@ def _sync_all(url: str, info: dict[str, Any]) -> dict[str, float]:
     def one(email: str) -> None:
         started = time.monotonic()
         try:
-            summary = sync_account(engine, settings, ids[email], gmail_client(engine, settings, ids[email]),
-                                   dispatch_window)
+            summary = sync_account(engine, settings, ids[email], gmail_client(engine, settings, ids[email]), send)
             if summary.status != "done":
                 raise RuntimeError(f"{email}: {summary}")
         except BaseException as exc:  # reported after every thread ends

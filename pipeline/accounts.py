@@ -107,6 +107,7 @@ def gmail_client(engine: Engine, settings: Settings, account_id: int) -> Any:
     """A GmailClient for the account, spending from the account's shared quota budget."""
     from dataclasses import replace
 
+    from pipeline.resilience.breakers import GMAIL, breakers_for
     from pipeline.resilience.quota import CostTable, budget_for, effective_batch_size
     from pipeline.sources.gmail import GmailClient, GmailConfig
 
@@ -114,7 +115,8 @@ def gmail_client(engine: Engine, settings: Settings, account_id: int) -> Any:
     costs = CostTable.for_regime(settings.gmail_regime, settings.gmail_quota_per_minute)
     config = GmailConfig.from_settings(settings)
     config = replace(config, batch_size=effective_batch_size(costs, config.batch_size))
-    return GmailClient(grant, config, budget_for(settings, engine), costs, f"account:{account_id}")
+    return GmailClient(grant, config, budget_for(settings, engine), costs, f"account:{account_id}",
+                       breaker=breakers_for(settings, engine).get(GMAIL))
 
 
 __all__ = [

@@ -3,17 +3,24 @@
 The driver never touches message content beyond handing bytes to `add_window`; tasks receive
 window ids only. At most `windows_in_flight` windows of a run are unfinished at any time, so
 memory depends on the window size, not the mailbox's.
+
+The driver outlives short outages: a database call that fails transiently (PostgreSQL restarting) is
+repeated for up to `outage_seconds`, and a window whose chain could not be sent (the broker
+restarting) is saved already and sent again until it goes, so neither ends the run.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
 from pipeline.records import RawMessage
+from pipeline.resilience.classify import TRANSIENT, classify
 from pipeline.runs import (
     RunProgress,
     add_window,
@@ -28,6 +35,27 @@ from pipeline.runs import (
 
 Dispatch = Callable[[int], None]
 Tick = Callable[[RunProgress], None]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+OUTAGE_SECONDS = 120.0  # how long the driver waits out a database or broker that stopped answering
+
+
+def patiently(call: Callable[..., T], *args: Any, patience: float = OUTAGE_SECONDS, pause: float = 1.0) -> T:
+    """`call(*args)`, repeated while it fails transiently (e.g. the database restarting), for up to `patience` s.
+
+    For reads and for writes that are safe to repeat; any other error is raised at once.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return call(*args)
+        except Exception as exc:
+            if classify(exc) != TRANSIENT or time.monotonic() >= deadline:
+                raise
+            log.warning("%s failed (%s); trying again in %g s", getattr(call, "__name__", "a call"),
+                        _first_line(exc), pause)
+            time.sleep(pause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +65,7 @@ class DriveOptions:
     poll_seconds: float = 0.25
     stall_seconds: float = 700.0  # longer than any stage's hard time limit: a lost task, not a slow one
     heartbeat_seconds: float = 5.0
+    outage_seconds: float = OUTAGE_SECONDS
 
 
 class Driver:
@@ -52,6 +81,8 @@ class Driver:
         self.alive = alive
         self._last_heartbeat = 0.0
         self._last_tick = 0.0
+        self._unsent: dict[int, float] = {}  # window id -> when sending its chain first failed
+        self._last_resend = 0.0
 
     def feed(self, messages: Iterable[RawMessage]) -> int:
         """Save and dispatch every message in windows; return the number of entries read."""
@@ -66,14 +97,14 @@ class Driver:
         if batch:
             self._send(seq, batch, entries)
             seq += 1
-        end_reading(self.engine, self.run_id, entries, seq)
+        self._patiently(end_reading, self.engine, self.run_id, entries, seq)
         return entries
 
     def wait(self, timeout: float | None = None) -> RunProgress:
         """Wait until the run is no longer running; re-dispatch windows whose task was lost."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            progress = run_progress(self.engine, self.run_id)
+            progress = self._patiently(run_progress, self.engine, self.run_id)
             if self.on_tick:
                 self.on_tick(progress)
             if progress.status != "running":
@@ -84,32 +115,63 @@ class Driver:
             time.sleep(self.options.poll_seconds)
 
     def _send(self, seq: int, batch: list[RawMessage], entries: int) -> None:
-        while open_windows(self.engine, self.run_id) >= self.options.windows_in_flight:
+        while self._patiently(open_windows, self.engine, self.run_id) >= self.options.windows_in_flight:
             self._keep_alive(entries)
             self._tick()
             time.sleep(self.options.poll_seconds)
-        window_id = add_window(self.engine, self.run_id, seq, batch)
-        self.dispatch(window_id)
+        window_id = self._patiently(add_window, self.engine, self.run_id, seq, batch)
+        self._dispatch(window_id)
         self._keep_alive(entries)
         self._tick()
+
+    def _patiently(self, call: Callable[..., T], *args: Any) -> T:
+        return patiently(call, *args, patience=self.options.outage_seconds)
+
+    def _dispatch(self, window_id: int) -> None:
+        """Send the window's chain; when that fails, the window (saved already) is sent again later."""
+        try:
+            self.dispatch(window_id)
+        except Exception as exc:
+            log.warning("window %s could not be sent (%s); sending it again shortly", window_id, _first_line(exc))
+            self._unsent.setdefault(window_id, time.monotonic())
+        else:
+            self._unsent.pop(window_id, None)
+
+    def _resend(self) -> None:
+        now = time.monotonic()
+        if not self._unsent or now - self._last_resend < 1.0:
+            return
+        self._last_resend = now
+        for window_id, since in sorted(self._unsent.items()):
+            if now - since > self.options.outage_seconds:
+                raise RuntimeError(f"window {window_id} could not be sent for {self.options.outage_seconds:g} s; "
+                                   "is the broker up?")
+            self._dispatch(window_id)
+            if window_id in self._unsent:
+                return  # still failing: the others would too
 
     def _tick(self) -> None:
         now = time.monotonic()
         if self.on_tick and now - self._last_tick >= self.options.poll_seconds:
             self._last_tick = now
-            self.on_tick(run_progress(self.engine, self.run_id))
+            self.on_tick(self._patiently(run_progress, self.engine, self.run_id))
 
     def _keep_alive(self, entries: int | None = None) -> None:
         if self.alive and self.alive():
-            for window_id in open_window_ids(self.engine, self.run_id):
-                self.dispatch(window_id)
+            for window_id in self._patiently(open_window_ids, self.engine, self.run_id):
+                self._dispatch(window_id)
+        self._resend()
         now = time.monotonic()
         if now - self._last_heartbeat < self.options.heartbeat_seconds:
             return
         self._last_heartbeat = now
-        heartbeat(self.engine, self.run_id, entries)
-        lost = stalled_windows(self.engine, self.run_id, self.options.stall_seconds)
+        self._patiently(heartbeat, self.engine, self.run_id, entries)
+        lost = self._patiently(stalled_windows, self.engine, self.run_id, self.options.stall_seconds)
         if lost:
-            touch_windows(self.engine, lost)
+            self._patiently(touch_windows, self.engine, lost)
             for window_id in lost:
-                self.dispatch(window_id)
+                self._dispatch(window_id)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

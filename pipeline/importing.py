@@ -35,7 +35,8 @@ class ImportSummary:
     new_messages: int
     duplicates: int
     failed: int
-    failed_windows: int
+    failed_windows: int  # window stages that failed for good
+    enrichment_owed: int  # embed/insight stages an AI outage left owed: the enrichment sweep resumes them
     threads: int
     contacts: int
     chunks_embedded: int
@@ -117,7 +118,8 @@ def summarize(engine: Engine, progress: RunProgress, email: str, seconds: float)
         new_messages=progress.new_messages,
         duplicates=progress.duplicates,
         failed=progress.failed_messages,
-        failed_windows=sum(progress.stage_failed_windows.values()),
+        failed_windows=sum(progress.stage_failed_windows.values()) - progress.enrichment_owed,
+        enrichment_owed=progress.enrichment_owed,
         threads=int(threads),
         contacts=int(contacts),
         chunks_embedded=progress.chunks_embedded,

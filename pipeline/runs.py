@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pipeline.enrichment import ENRICHMENT_STAGES, RESUMABLE_CLASSES
 from pipeline.errors import RunConflictError
 from pipeline.records import RawMessage
 from pipeline.storage.db import transaction
@@ -388,7 +389,8 @@ class RunProgress:
     finished_at: datetime | None
     error: str | None
     stage_done: dict[str, int]  # messages whose window finished the stage (done, failed or skipped)
-    stage_failed_windows: dict[str, int]
+    stage_failed_windows: dict[str, int]  # owed enrichment included
+    enrichment_owed: int  # embed/insight window stages an AI outage left for the sweep (pipeline.enrichment)
     new_messages: int
     duplicates: int
     failed_messages: int
@@ -419,6 +421,11 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
                 func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class == "gone"),
             ).where(Failure.run_id == run_id, Failure.item_ref != "window")
         ).one()
+        owed = s.execute(
+            select(func.count()).where(Failure.run_id == run_id, Failure.item_ref == "window",
+                                       Failure.stage.in_(ENRICHMENT_STAGES),
+                                       Failure.error_class.in_(RESUMABLE_CLASSES))
+        ).scalar_one()
     done = {st: int(row[1 + 2 * i]) for i, st in enumerate(STAGES)}
     failed_windows = {st: int(row[2 + 2 * i]) for i, st in enumerate(STAGES)}
     tail = 1 + 2 * len(STAGES)
@@ -437,6 +444,7 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
         error=run.error,
         stage_done=done,
         stage_failed_windows=failed_windows,
+        enrichment_owed=int(owed),
         new_messages=int(row[tail]),
         duplicates=int(row[tail + 1]),
         failed_messages=int(failed),

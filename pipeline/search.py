@@ -45,10 +45,10 @@ def search(engine: Engine, query: str, *, account_id: int | None, limit: int = 1
             rows = s.execute(
                 text(
                     "SELECT message_id, text FROM embedding_chunks "
-                    "WHERE (CAST(:acct AS int) IS NULL OR account_id = :acct) "
+                    "WHERE (CAST(:acct AS int) IS NULL OR account_id = :acct) AND model = :model "
                     "ORDER BY embedding <=> CAST(:v AS vector) LIMIT :n"
                 ),
-                {"v": str(list(vector)), "acct": account_id, "n": CANDIDATES},
+                {"v": str(list(vector)), "acct": account_id, "model": embedder.name, "n": CANDIDATES},
             ).all()
             seen: list[int] = []
             for mid, chunk in rows:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,12 +28,21 @@ class Settings(BaseSettings):
     )
     window_size: int = Field(default=200, ge=1, le=5000, description="Messages per window.")
     windows_in_flight: int = Field(default=4, ge=1, le=256, description="Windows in flight per account.")
-    embedder: str = Field(default="local", description="'local' (MiniLM on CPU) or 'none'.")
+    embedder: Literal["local", "openai", "none"] = Field(
+        default="local", description="'local' (MiniLM on CPU), 'openai' (the AI endpoint's /v1/embeddings) or 'none'."
+    )
     embed_batch_size: int = Field(
-        default=16, ge=1, description="Texts per model call. Attention memory grows with it: at 256 tokens a "
-        "batch of 64 adds ~490 MiB to a worker's peak, 16 adds ~110 MiB, at the same speed on CPU."
+        default=8, ge=1, description="Texts per model call. Attention memory grows with it: at 256 tokens a "
+        "batch of 64 adds ~490 MiB to a worker's peak, 16 adds ~110 MiB; 8 and 16 run at the same speed on CPU."
     )
     worker_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Torch's CPU allocations leave a worker's heap fragmented; a child is replaced after this many
+    # tasks so its memory never depends on how much mail came before it (docs/PERFORMANCE.md).
+    # Cheap: torch is imported once in the worker's parent and shared. 0 keeps children forever.
+    worker_max_tasks_per_child: int = Field(default=25, ge=0, description="Tasks before a worker child is replaced.")
+    worker_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="Log level of the CLI's own worker pool (logs/worker.log)."
+    )
     max_deliveries: int = Field(default=5, ge=1, description="Redeliveries of one task before quarantine.")
     stage_soft_time_limit: float = Field(default=600.0, gt=0)
     stage_time_limit: float = Field(default=660.0, gt=0)
@@ -70,6 +80,67 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis for shared quota and breaker state; unset: the broker if it is Redis, "
         "else PostgreSQL."
+    )
+
+    # AI: OpenAI or any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio)
+    ai_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint, ending in /v1; unset: OpenAI's (api.openai.com)."
+    )
+    ai_api_key: SecretStr | None = Field(
+        default=None, description="Key for the AI endpoint; unset: OPENAI_API_KEY, else none (a local server)."
+    )
+    ai_embed_model: str = Field(
+        default="text-embedding-3-small", description="Embedding model when embedder='openai'; it is asked for "
+        "384 dimensions, the size of the stored vectors."
+    )
+    ai_embed_batch_size: int = Field(default=64, ge=1, le=2048, description="Texts per embeddings request.")
+    ai_timeout: float = Field(default=30.0, gt=0, description="Seconds per AI HTTP request.")
+    enrichment_sweep_seconds: float = Field(
+        default=300.0, gt=0, description="How often beat looks for enrichment an AI outage left owed and, "
+        "once the endpoint answers again, resumes it."
+    )
+
+    # resilience
+    breaker_fail_max: int = Field(
+        default=5, ge=1, description="Consecutive transient failures or timeouts of one dependency (Gmail, an "
+        "AI endpoint) that open its circuit breaker, in every worker at once."
+    )
+    breaker_reset_seconds: float = Field(
+        default=30.0, gt=0, description="Seconds an open breaker refuses calls before one trial call may pass."
+    )
+    ai_concurrency_max: int = Field(
+        default=4, ge=1, description="Most AI calls in flight at once across all workers; the limit shrinks "
+        "below this while the endpoint errs and grows back when it recovers."
+    )
+    # Dynamic time limits: soft = base + per_unit × units, capped at stage_soft_time_limit; the hard limit
+    # adds the grace stage_time_limit − stage_soft_time_limit. Per-unit values are ~5–10× what this
+    # 2-core machine measured, so a slow but healthy task is not killed while a hung one is, soon.
+    timeout_ingest_base: float = Field(
+        default=60.0, ge=0, description="Seconds every ingest (fetch + store) task gets besides its fetching."
+    )
+    timeout_ingest_per_unit: float = Field(
+        default=3.0, ge=0, description="Multiplier on the expected fetch time, window size × observed seconds "
+        "per message (which includes the waits the account's quota imposes)."
+    )
+    timeout_normalize_base: float = Field(default=30.0, ge=0, description="Seconds every normalize task gets.")
+    timeout_normalize_per_unit: float = Field(
+        # Parsing and HTML-to-text run at a few MB/s in CPython; 2 µs per byte is 0.5 MB/s.
+        default=2e-6, ge=0, description="Seconds per byte of raw message in the window."
+    )
+    timeout_embed_base: float = Field(
+        default=30.0, ge=0, description="Seconds every embed task gets (the first one in a worker loads the model)."
+    )
+    timeout_embed_per_unit: float = Field(
+        # MiniLM here embeds ~25 texts/s of ≤256 tokens, ~6,400 tokens/s, i.e. 0.16 ms per token with the
+        # machine to itself; two embed tasks share the 2 cores (0.3 ms), and chunking, hashing and the
+        # upserts add their part: 2 ms per token is ~6× headroom.
+        default=0.002, ge=0, description="Seconds per token to embed."
+    )
+    timeout_insight_base: float = Field(default=60.0, ge=0, description="Seconds every insight task gets.")
+    timeout_insight_per_unit: float = Field(
+        # Hosted chat endpoints answer a ~600-token thread prompt in ~3-4 s (mostly output): ~6 ms per prompt
+        # token; 20 ms leaves headroom for a GPU-served local model. A CPU-only local LLM needs more.
+        default=0.02, ge=0, description="Seconds per prompt token sent for insights."
     )
 
     @property

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select, update
 
 from pipeline.accounts import mark_needs_reauth, reauth_advice
 from pipeline.changes import delete_messages, relabel_messages
-from pipeline.driver import Dispatch, DriveOptions, Driver, Tick
+from pipeline.driver import Dispatch, DriveOptions, Driver, Tick, patiently
 from pipeline.errors import ConfigError
 from pipeline.records import RawMessage
 from pipeline.resilience.classify import AUTH
@@ -47,7 +47,8 @@ class SyncSummary:
     failed: int
     deleted: int
     relabeled: int
-    failed_windows: int
+    failed_windows: int  # window stages that failed for good
+    enrichment_owed: int  # embed/insight stages an AI outage left owed: the enrichment sweep resumes them
     history_id: int | None
     quota_units: int  # spent by the listing and by every window's fetch
     seconds: float
@@ -156,14 +157,17 @@ def _unknown(engine: Engine, account_id: int, pages: Iterable[list[MessageRef]])
     for page in pages:
         if not page:
             continue
-        with transaction(engine) as s:
-            known = set(s.execute(
-                select(Message.gmail_id).where(Message.account_id == account_id,
-                                               Message.gmail_id.in_([r.id for r in page]))
-            ).scalars())
+        known = patiently(_known_gmail_ids, engine, account_id, [r.id for r in page])
         for ref in page:
             if ref.id not in known:
                 yield RawMessage(f"gmail:{ref.id}", None, gmail_thread_id=ref.thread_id, gmail_id=ref.id)
+
+
+def _known_gmail_ids(engine: Engine, account_id: int, gmail_ids: list[str]) -> set[str | None]:
+    with transaction(engine) as s:
+        return set(s.execute(
+            select(Message.gmail_id).where(Message.account_id == account_id, Message.gmail_id.in_(gmail_ids))
+        ).scalars())
 
 
 def _delete_unlisted(engine: Engine, account_id: int, listed: set[str], query: str, settings: Settings) -> int:
@@ -214,7 +218,8 @@ def _summary(engine: Engine, p: RunProgress, email: str, mode: str, listed: int,
     return SyncSummary(
         run_id=p.run_id, account=email, mode=mode, status=p.status, listed=listed,
         new_messages=p.new_messages, duplicates=p.duplicates, gone=p.gone_messages, failed=p.failed_messages,
-        deleted=deleted, relabeled=relabeled, failed_windows=sum(p.stage_failed_windows.values()),
+        deleted=deleted, relabeled=relabeled,
+        failed_windows=sum(p.stage_failed_windows.values()) - p.enrichment_owed, enrichment_owed=p.enrichment_owed,
         history_id=history_id, quota_units=units, seconds=round(seconds, 3), error=p.error,
     )
 

@@ -101,6 +101,7 @@ class ProgressView:
 def _do_import(settings: Settings, path: Path, account: str | None, as_json: bool) -> ImportSummary:
     open_mbox(path)  # bad input fails here, before any server, worker or row exists
     with runtime(settings, workers=True) as rt:
+        rt.resume_owed_enrichment()
         if as_json:
             return _import(rt, path, account, None)
         with ProgressView(err) as view:
@@ -120,6 +121,10 @@ def _print_summary(summary: ImportSummary) -> None:
     if summary.failed or summary.failed_windows:
         err.print(f"[yellow]{summary.failed} message(s) and {summary.failed_windows} window stage(s) failed; "
                   "see `mailpipe status`[/yellow]")
+    if summary.enrichment_owed:
+        err.print(f"[yellow]enrichment of {summary.enrichment_owed} window(s) is owed: the AI endpoint was "
+                  "unavailable. It resumes by itself once the endpoint answers (the beat's sweep, or the next "
+                  "`mailpipe import`).[/yellow]")
 
 
 @app.command("import")
@@ -135,7 +140,7 @@ def import_command(
     else:
         _print_summary(summary)
     if summary.status != "done" or summary.failed_windows:
-        raise typer.Exit(1)
+        raise typer.Exit(1)  # owed enrichment alone is not a failure: it resumes by itself
 
 
 # ------------------------------------------------------------------ Gmail accounts and sync
@@ -280,14 +285,25 @@ def sync(
 def status(as_json: bool = JsonOpt) -> None:
     """Per account: messages, threads, contacts, chunks, insights, failures and recent runs."""
     from pipeline.reports import status as status_report
+    from pipeline.resilience.breakers import breaker_states
 
-    with runtime(Settings()) as rt:
+    settings = Settings()
+    with runtime(settings) as rt:
         accounts = status_report(rt.engine)
+        breakers = [
+            {"name": b.name, "state": b.state, "failures": b.failures,
+             "opened_at": b.opened_at.isoformat() if b.opened_at else None, "retry_after": round(b.retry_after, 1)}
+            for b in breaker_states(settings, rt.engine)
+        ]
     if as_json:
-        _json({"accounts": accounts})
+        _json({"accounts": accounts, "breakers": breakers})
         return
     if not accounts:
         out.print("no account yet: mailpipe import PATH")
+    for b in breakers:
+        if b["state"] != "closed" or b["failures"]:
+            wait = f", next probe in {b['retry_after']:.0f} s" if b["retry_after"] else ""
+            out.print(f"breaker {b['name']}: {b['state']} ({b['failures']} failures{wait})", highlight=False)
     for a in accounts:
         table = Table(title=a["email"], title_justify="left", show_header=False)
         for key in ("status", "messages", "threads", "contacts", "chunks", "insights", "failures"):
@@ -313,17 +329,14 @@ def search(
     as_json: bool = JsonOpt,
 ) -> None:
     """Hybrid semantic + full-text search; one hit per thread."""
+    from pipeline.embeddings import embedder_for
     from pipeline.reports import resolve_account
     from pipeline.search import search as run_search
 
     settings = Settings()
     with runtime(settings) as rt:
         account_id = resolve_account(rt.engine, account)[0] if account else None
-        embedder = None
-        if settings.embedder == "local":
-            from pipeline.embeddings.local import LocalEmbedder
-
-            embedder = LocalEmbedder()
+        embedder = embedder_for(settings, rt.engine)
         hits = run_search(rt.engine, query, account_id=account_id, limit=limit, embedder=embedder)
     if as_json:
         _json({"query": query, "hits": [h.as_dict() for h in hits]})

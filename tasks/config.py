@@ -6,7 +6,9 @@ from typing import Any
 
 from kombu import Queue
 
+from pipeline.resilience.timeouts import visibility_timeout
 from pipeline.settings import Settings
+from tasks.beat import beat_schedule
 
 QUEUES = ("ingest", "normalize", "ai")  # the stages; the CLI's own worker pool consumes these
 # Triggered syncs (push, beat, web hook) drive a whole run and wait on it: their own workers, so a
@@ -19,9 +21,9 @@ ROUTES = {
     "mailpipe.normalize": {"queue": "normalize"},
     "mailpipe.contacts": {"queue": "normalize"},
     "mailpipe.embed": {"queue": "ai"},
+    "mailpipe.sweep_enrichment": {"queue": "normalize"},  # a few queries and publishes: no AI slot needed
     "mailpipe.insight": {"queue": "ai"},
 }
-MAX_COUNTDOWN_SECONDS = 600  # longest retry backoff a stage asks for; part of the visibility timeout
 
 
 def broker_url_for(settings: Settings, database_url: str) -> str:
@@ -35,7 +37,7 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
     broker = broker_url_for(settings, database_url)
     # A message unacknowledged for longer than this is handed to another worker: it must outlast the
     # longest task plus its longest countdown, or tasks run twice (DESIGN.md §4).
-    visibility = int(settings.stage_time_limit + MAX_COUNTDOWN_SECONDS + 300)
+    visibility = visibility_timeout(settings)
     transport: dict[str, Any] = {}
     if broker.startswith(("redis://", "rediss://")):
         transport = {
@@ -68,4 +70,6 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
         "worker_enable_remote_control": not broker.startswith("sqla+"),
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 1_500_000,  # KiB: a child that leaks is replaced between tasks
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
+        "beat_schedule": beat_schedule(settings),
     }

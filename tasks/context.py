@@ -28,13 +28,18 @@ def engine() -> Engine:
 
 @cache
 def embedding_tools() -> EmbeddingTools:
+    from pipeline.embeddings import embedder_for
     from pipeline.embeddings.chunking import load_tokenizer
-    from pipeline.embeddings.local import LocalEmbedder, bundled_model_dir
+    from pipeline.embeddings.local import bundled_model_dir
 
     s = get_settings()
     # Worker children share the cores; one torch thread each keeps them from fighting.
     threads = max(1, (os.cpu_count() or 1) // max(1, s.worker_concurrency))
-    embedder = LocalEmbedder(batch_size=s.embed_batch_size, threads=threads)
+    embedder = embedder_for(s, engine(), threads=threads)
+    if embedder is None:
+        raise RuntimeError("embedding tools asked for with MAILPIPE_EMBEDDER=none")
+    # Chunks are sized with MiniLM's tokenizer for every model: a remote model's own tokenizer counts
+    # differently, but ~256 tokens stays far inside any embedding model's context.
     return EmbeddingTools(embedder=embedder, tokenizer=load_tokenizer(bundled_model_dir()))
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from pipeline.settings import Settings, get_settings
 from pipeline.storage.db import database_url, engine_for, migrate
+from tasks import context
 from tasks.config import broker_url_for
 from tasks.workers import WorkerPool
 
@@ -27,6 +28,13 @@ class Runtime:
         from tasks.chains import dispatch_window
 
         dispatch_window(window_id)
+
+    def resume_owed_enrichment(self) -> None:
+        """Hand enrichment an earlier AI outage left owed to the workers (beat does this periodically)."""
+        from pipeline.enrichment import endpoint_wait, sweep
+        from tasks.chains import dispatch_stage
+
+        sweep(self.engine, dispatch_stage, endpoint_open=lambda: endpoint_wait(self.settings, self.engine))
 
     def alive(self) -> bool:
         return self.pool.check() if self.pool else False
@@ -46,11 +54,13 @@ def runtime(settings: Settings, *, workers: bool = False) -> Iterator[Runtime]:
     os.environ["MAILPIPE_DATABASE_URL"] = url
     os.environ["MAILPIPE_BROKER_URL"] = broker
     get_settings.cache_clear()
+    context.resolved_database_url.cache_clear()
     pool = None
     if workers and not settings.broker_url:
         env = dict(os.environ)
         env.setdefault("HF_HUB_OFFLINE", "1")
-        pool = WorkerPool(env, settings.worker_concurrency, settings.home / "logs" / "worker.log")
+        pool = WorkerPool(env, settings.worker_concurrency, settings.home / "logs" / "worker.log",
+                          log_level=settings.worker_log_level)
         pool.start()
     try:
         yield Runtime(settings, engine_for(url), url, broker, pool)

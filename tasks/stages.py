@@ -8,10 +8,11 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from pipeline.resilience.classify import backoff_seconds
+from pipeline.resilience.breakers import BreakerOpenError
+from pipeline.resilience.classify import QUOTA, backoff_seconds
 from pipeline.runs import StageClaim, claim_stage, skip_stage
 from pipeline.stages.contacts import contacts_window
-from pipeline.stages.embed import embed_window
+from pipeline.stages.embed import embed_pending
 from pipeline.stages.fetch import fetch_window_for, ids_to_fetch
 from pipeline.stages.ingest import ingest_window
 from pipeline.stages.insight import insight_window
@@ -24,29 +25,60 @@ from pipeline.stages.runner import (
     fail_window_stage,
     run_stage,
 )
+from pipeline.stages.workload import stage_units
 from tasks import context
 from tasks.app import app
+from tasks.chains import dispatch_next, limit_options
 
 NOT_READY_COUNTDOWN = 2.0
+# Stages that call the AI endpoint. While it is out (breaker open, quota exhausted) they give the window
+# up at once instead of waiting: the run finishes, the next sync can start, and the enrichment sweep
+# resumes them when the endpoint is back (pipeline.enrichment).
+AI_STAGES = frozenset({"embed", "insight"})
+# Stages whose work commits as it goes (fetch batches, embed slices): on the soft time limit what is
+# done stays done and the rest is re-queued with limits sized to it. Others fail the window's stage.
+RESUMABLE_STAGES = frozenset({"ingest", "embed"})
 
 
 def _run(task: Task, window_id: int, stage: str, work: StageWork,
          prepare: StagePrepare | None = None) -> dict[str, Any]:
     engine, settings = context.engine(), context.settings()
+    owed = stage_units(engine, settings, window_id, stage) if stage in RESUMABLE_STAGES else 0.0
     try:
-        result = run_stage(engine, settings, window_id, stage, work, prepare=prepare)
+        result = run_stage(engine, settings, window_id, stage, work, prepare=prepare,
+                           interrupts=(SoftTimeLimitExceeded,))
+        outcome = result.outcome
     except StageNotReady as exc:
         raise task.retry(countdown=NOT_READY_COUNTDOWN, max_retries=None, exc=exc) from exc
     except StageRetry as exc:
-        wait = backoff_seconds(exc.error_class, task.request.retries, random.random())
-        if wait is None:
-            fail_window_stage(engine, window_id, stage, exc.error_class, str(exc.cause)[:1000])
-            return {"window": window_id, "stage": stage, "outcome": "failed"}
-        raise task.retry(countdown=wait, max_retries=None, exc=exc) from exc
+        outcome = _retry(task, window_id, stage, exc)
     except SoftTimeLimitExceeded:
-        fail_window_stage(engine, window_id, stage, "timeout", "soft time limit exceeded")
-        return {"window": window_id, "stage": stage, "outcome": "failed"}
-    return {"window": window_id, "stage": stage, "outcome": result.outcome}
+        if stage in RESUMABLE_STAGES and stage_units(engine, settings, window_id, stage) < owed:
+            # The redelivery cap (claims count every delivery) bounds how often this can happen.
+            raise task.retry(countdown=0, max_retries=None, **limit_options(stage, window_id)) from None
+        fail_window_stage(engine, window_id, stage, "timeout", "soft time limit exceeded without progress")
+        outcome = "failed"
+    dispatch_next(stage, window_id)
+    return {"window": window_id, "stage": stage, "outcome": outcome}
+
+
+def _retry(task: Task, window_id: int, stage: str, exc: StageRetry) -> str:
+    """Retry after the class's backoff (raises celery's Retry), or record why not and return the outcome."""
+    engine = context.engine()
+    if stage in AI_STAGES and (isinstance(exc.cause, BreakerOpenError) or exc.error_class == QUOTA):
+        fail_window_stage(engine, window_id, stage, exc.error_class,
+                          f"AI endpoint unavailable, left to the enrichment sweep: {exc.cause}"[:1000])
+        return "deferred"
+    if isinstance(exc.cause, BreakerOpenError):
+        # The dependency is down for everyone: come back when its breaker lets a probe through.
+        # Not counted against the class's retries; the redelivery cap still bounds the loop.
+        raise task.retry(countdown=exc.cause.retry_after, max_retries=None, exc=exc,
+                         **limit_options(stage, window_id)) from exc
+    wait = backoff_seconds(exc.error_class, task.request.retries, random.random())
+    if wait is None:
+        fail_window_stage(engine, window_id, stage, exc.error_class, str(exc.cause)[:1000])
+        return "failed"
+    raise task.retry(countdown=wait, max_retries=None, exc=exc, **limit_options(stage, window_id)) from exc
 
 
 @app.task(bind=True, name="mailpipe.ingest")
@@ -81,9 +113,14 @@ def embed(self: Task, window_id: int) -> dict[str, Any]:
         claim = claim_stage(context.engine(), window_id, "embed")
         if claim is not None:
             skip_stage(context.engine(), claim, "embed")
-        return {"window": window_id, "stage": "embed", "outcome": "skipped"}
+        return {"window": window_id, "stage": "embed", "outcome": "skipped"}  # nothing follows embed
     tools = context.embedding_tools()
-    return _run(self, window_id, "embed", lambda s, c: embed_window(s, c, tools))
+
+    def embed_slices(claim: StageClaim) -> None:
+        # Committed slice by slice before the stage's own (empty) transaction marks it done.
+        embed_pending(context.engine(), claim, tools)
+
+    return _run(self, window_id, "embed", lambda s, c: {}, prepare=embed_slices)
 
 
 @app.task(bind=True, name="mailpipe.insight")

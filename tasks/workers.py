@@ -22,8 +22,9 @@ class WorkerPoolError(MailpipeError):
 class WorkerPool:
     """A real `celery worker` subprocess (prefork, one child per core) on every queue."""
 
-    def __init__(self, env: dict[str, str], concurrency: int, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], concurrency: int, log_path: Path, log_level: str = "WARNING") -> None:
         self.env = env
+        self.log_level = log_level
         self.concurrency = concurrency
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -36,7 +37,7 @@ class WorkerPool:
             [
                 sys.executable, "-m", "celery", "-A", "tasks", "worker",
                 "-Q", ",".join(QUEUES), "-c", str(self.concurrency), "--pool", "prefork",
-                "-l", "WARNING", "-n", f"mailpipe-cli-{os.getpid()}@%h", "--without-heartbeat",
+                "-l", self.log_level, "-n", f"mailpipe-cli-{os.getpid()}@%h", "--without-heartbeat",
                 "--without-gossip", "--without-mingle",
             ],
             env=self.env,

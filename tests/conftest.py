@@ -8,11 +8,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 from sqlalchemy import Engine, text
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ def mailpipe_env(pg_url: str, gmail_server: GmailServer, tmp_path_factory: pytes
         "MAILPIPE_WINDOW_SIZE": "50",
         "MAILPIPE_WINDOWS_IN_FLIGHT": "3",
         "MAILPIPE_WORKER_CONCURRENCY": "2",
+        "MAILPIPE_BREAKER_RESET_SECONDS": "3",  # an outage test waits out the open breaker
         "HF_HUB_OFFLINE": "1",
     }
     os.environ.update(env)
@@ -86,16 +89,11 @@ def engine(pg_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def redis_broker() -> str:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        pytest.fail(f"Redis must answer at {REDIS_URL} (.ci/run starts it): {exc}")
+def redis_broker(redis_url: str) -> str:
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    return REDIS_URL
+    client.close()
+    return redis_url
 
 
 class WorkerProcess:
@@ -155,3 +153,32 @@ def worker(mailpipe_env: dict[str, str], redis_broker: str,
 @pytest.fixture(scope="session")
 def sample_mbox() -> Path:
     return ROOT / "pipeline" / "samples" / "sample.mbox"
+
+
+def delete_redis_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis, which other test sessions share: never flushed here; each test uses its own prefix."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"Redis must answer at {REDIS_URL} (.ci/run starts it): {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A key prefix of this test's own, deleted afterwards."""
+    prefix = f"test:{request.module.__name__.rsplit('.', 1)[-1]}:{uuid.uuid4().hex}:"
+    yield prefix
+    delete_redis_prefix(redis_url, prefix)

@@ -13,9 +13,11 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def _run(args: list[str], home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], home: Path, timeout: float = 600,
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
     env.update({"MAILPIPE_HOME": str(home), "HF_HUB_OFFLINE": "1", "MAILPIPE_WORKER_CONCURRENCY": "2"})
+    env.update(extra_env or {})
     return subprocess.run([sys.executable, "-m", "tasks.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -32,6 +34,25 @@ def test_missing_file_is_a_clear_error_and_writes_nothing(embedded_home: Path, t
     assert len(result.stderr.strip().splitlines()) == 1
     status = json.loads(_run(["status", "--json"], embedded_home).stdout)
     assert status["accounts"] == []
+    assert status["breakers"] == []  # none has seen a failure yet
+
+
+def test_worker_children_replaced_after_every_task_lose_nothing(tmp_path: Path, sample_mbox: Path) -> None:
+    # Each task in a new child forked from a parent that is connected to the embedded broker: the
+    # child must not publish the next stage on its parent's Postgres session (it did, and lost it).
+    from tests.oracle import mbox_facts
+
+    home = tmp_path / "home"
+    result = _run(["import", str(sample_mbox), "--account", "me@example.com", "--json"], home,
+                  extra_env={"MAILPIPE_WORKER_MAX_TASKS_PER_CHILD": "1", "MAILPIPE_WINDOW_SIZE": "5",
+                             "MAILPIPE_WORKER_LOG_LEVEL": "INFO"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "done" and summary["failed"] == 0, summary
+    assert summary["new_messages"] == mbox_facts(sample_mbox).messages
+    log = (home / "logs" / "worker.log").read_text(errors="replace")
+    assert "ForkPoolWorker-5" in log  # children really were replaced (INFO logs each task's child)
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_non_mbox_file_is_rejected(embedded_home: Path, tmp_path: Path) -> None:

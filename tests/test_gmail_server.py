@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -491,6 +492,92 @@ def test_pacing_at_exactly_the_limit_is_never_refused() -> None:
         assert ledger.admit(ME, "messages.get", charge=True) == 5
     with pytest.raises(Exception, match="Retry after"):
         ledger.admit(ME, "messages.get", charge=True)  # one more in the same instant is a burst
+
+
+def retry_after(exc: HttpError) -> datetime:
+    """The deadline a rate-limit answer announces in its message."""
+    announced = re.search(r"Retry after (\S+)", error_of(exc)["message"])
+    assert announced is not None
+    return datetime.fromisoformat(announced.group(1))
+
+
+def _full_window(server: GmailServer) -> tuple[list[float], str]:
+    """Two gets fill a 10-unit window at (fake) time 0; at time 59 it frees again in 1 s."""
+    now = [0.0]
+    server.quota = QuotaLedger(QuotaRegime.legacy(per_user_per_minute=10), clock=lambda: now[0])
+    users = service(server).users()
+    mid = server.mailbox(ME).ids()[0]
+    for _ in range(2):
+        run(users.messages().get(userId="me", id=mid, format="minimal"))
+    now[0] = 59.0
+    return now, mid
+
+
+def test_calls_before_a_rate_limit_deadline_count_as_calls_during_pause() -> None:
+    with GmailServer(sample_box()) as server:
+        now, mid = _full_window(server)
+        users = service(server).users()
+        with pytest.raises(HttpError) as caught:
+            run(users.messages().get(userId="me", id=mid, format="minimal"))
+        assert caught.value.resp.status == 429 and server.stats(ME)["calls_during_pause"] == 0
+        deadline = retry_after(caught.value)
+        assert timedelta(0) < deadline - datetime.now(UTC) <= timedelta(seconds=1.001)  # rounded up to the ms
+        # Before the deadline every call of the user counts, whatever the method or its answer.
+        with pytest.raises(HttpError):
+            run(users.messages().get(userId="me", id=mid, format="minimal"))
+        with pytest.raises(HttpError) as caught:
+            run(users.getProfile(userId="me"))
+        assert server.stats(ME)["calls_during_pause"] == 2
+        # After the last deadline announced (each refusal announces its own), none.
+        time.sleep(max(0.0, (retry_after(caught.value) - datetime.now(UTC)).total_seconds()) + 0.01)
+        now[0] = 60.0
+        run(users.messages().get(userId="me", id=mid, format="minimal"))
+        assert server.stats(ME)["calls_during_pause"] == 2
+        assert server.stats()["calls_during_pause"] == 2
+        run(users.messages().get(userId="me", id=mid, format="minimal"))  # the window is full again
+        with pytest.raises(HttpError):
+            run(users.messages().get(userId="me", id=mid, format="minimal"))  # a rate limit of 60 s
+        server.reset_stats()  # forgets the rate limits sent, too
+        with pytest.raises(HttpError):
+            run(users.getProfile(userId="me"))
+        assert server.stats(ME)["calls_during_pause"] == 0
+
+
+def test_calls_received_before_the_rate_limit_was_sent_do_not_count() -> None:
+    with GmailServer(sample_box()) as server:
+        _, mid = _full_window(server)
+        received, release = threading.Event(), threading.Event()
+
+        def hold_profile(method: str, _number: int) -> None:
+            if method == "getProfile" and not release.is_set():
+                received.set()
+                release.wait(10)
+
+        server.faults.on_call = hold_profile
+        early: list[BaseException] = []
+
+        def call_profile() -> None:
+            try:
+                run(service(server).users().getProfile(userId="me"))
+            except HttpError as exc:
+                early.append(exc)
+
+        # Another client's call arrives first and is held; meanwhile this one gets the rate limit.
+        other = threading.Thread(target=call_profile)
+        other.start()
+        assert received.wait(10)
+        users = service(server).users()
+        with pytest.raises(HttpError) as caught:
+            run(users.messages().get(userId="me", id=mid, format="minimal"))
+        assert caught.value.resp.status == 429
+        release.set()
+        other.join(10)
+        assert [e.resp.status for e in early if isinstance(e, HttpError)] == [429]  # served after, refused
+        assert server.stats(ME)["calls_during_pause"] == 0  # but it was received before the 429 went out
+        # A batch is received at once: parts refused after the first 429 of the batch do not count either.
+        answers = batch_get(server, users, server.mailbox(ME).ids()[:3])
+        assert [exc.resp.status for _, exc in answers.values() if isinstance(exc, HttpError)] == [429] * 3
+        assert server.stats(ME)["calls_during_pause"] == 3  # the batch came after the 429: all three count
 
 
 # ---------------------------------------------------------------------- faults

@@ -68,3 +68,15 @@ def test_empty_input_loads_nothing() -> None:
 def test_bad_arguments_are_rejected(batch_size: int, threads: int | None) -> None:
     with pytest.raises(ValueError):
         LocalEmbedder(batch_size=batch_size, threads=threads)
+
+
+def test_padding_to_a_multiple_changes_no_vector(embedder: LocalEmbedder) -> None:
+    # Padding batches to a multiple of 32 tokens (so tensor shapes repeat and the heap is reused)
+    # must give the vectors that padding to the longest text gives: the padding is masked out.
+    texts = ["short", "a medium sentence about the meeting on Tuesday", "word " * 150, "x" * 40]
+    exact = LocalEmbedder(batch_size=2, pad_multiple=1)
+    exact_vectors = exact.embed(texts)
+    padded = embedder.embed(texts)
+    assert embedder.pad_multiple == 32
+    for a, b in zip(exact_vectors, padded, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,12 +16,15 @@ from sqlalchemy import Engine
 
 from pipeline.errors import ConfigError
 from pipeline.resilience.quota import (
+    AimdPolicy,
     CostTable,
     PostgresQuotaBudget,
     QuotaWaitTimeout,
+    RateEvent,
     RedisQuotaBudget,
     budget_for,
     effective_batch_size,
+    next_rate_factor,
     retry_after_seconds,
 )
 from pipeline.settings import Settings
@@ -31,18 +34,25 @@ ROOT = Path(__file__).resolve().parents[1]
 RATE = 200.0  # tokens per second: high, so waits are tens of milliseconds
 CAPACITY = 20.0
 Budget = RedisQuotaBudget | PostgresQuotaBudget
+MakeBudget = Callable[..., Budget]
 
 
 @pytest.fixture(params=["redis", "postgres"])
-def budget(request: pytest.FixtureRequest) -> Iterator[Budget]:
+def make_budget(request: pytest.FixtureRequest) -> Iterator[MakeBudget]:
+    """Budgets on one store, with a chosen AIMD policy: make_budget(aimd=AimdPolicy(...))."""
     if request.param == "redis":
-        url = request.getfixturevalue("redis_broker")
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        yield RedisQuotaBudget(client, RATE, CAPACITY, prefix="test:quota:")
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        prefix = request.getfixturevalue("redis_prefix")
+        yield lambda aimd=None: RedisQuotaBudget(client, RATE, CAPACITY, prefix=prefix, aimd=aimd)
         client.close()
     else:
-        yield PostgresQuotaBudget(request.getfixturevalue("engine"), RATE, CAPACITY)
+        engine = request.getfixturevalue("engine")
+        yield lambda aimd=None: PostgresQuotaBudget(engine, RATE, CAPACITY, aimd=aimd)
+
+
+@pytest.fixture
+def budget(make_budget: MakeBudget) -> Budget:
+    return make_budget()
 
 
 # ---------------------------------------------------------------- token bucket, both stores
@@ -140,7 +150,7 @@ _SPENDER = """
 import sys, time, redis
 from pipeline.resilience.quota import RedisQuotaBudget
 url, rate, capacity, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-budget = RedisQuotaBudget(redis.Redis.from_url(url), rate, capacity, prefix="test:quota:")
+budget = RedisQuotaBudget(redis.Redis.from_url(url), rate, capacity, prefix=sys.argv[5])
 print("ready", flush=True)
 sys.stdin.readline()
 taken, stop = 0, time.monotonic() + seconds
@@ -151,10 +161,9 @@ print(taken, flush=True)
 """
 
 
-def test_processes_share_one_redis_budget(redis_broker: str) -> None:
+def test_processes_share_one_redis_budget(redis_url: str, redis_prefix: str) -> None:
     # Separate interpreters (not fork: this process may hold torch's threads by now).
-    redis.Redis.from_url(redis_broker).flushdb()
-    args = [redis_broker, str(RATE), str(CAPACITY), "0.8"]
+    args = [redis_url, str(RATE), str(CAPACITY), "0.8", redis_prefix]
     procs = [subprocess.Popen([sys.executable, "-c", _SPENDER, *args], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(3)]
     for proc in procs:
@@ -179,9 +188,9 @@ def _settings(**kwargs: object) -> Settings:
     return Settings(_env_file=None, **{**base, **kwargs})  # type: ignore[call-arg,arg-type]
 
 
-def test_budget_for_prefers_redis(engine: Engine, redis_broker: str) -> None:
-    assert isinstance(budget_for(_settings(redis_url=redis_broker), engine), RedisQuotaBudget)
-    assert isinstance(budget_for(_settings(broker_url=redis_broker), engine), RedisQuotaBudget)
+def test_budget_for_prefers_redis(engine: Engine, redis_url: str) -> None:
+    assert isinstance(budget_for(_settings(redis_url=redis_url), engine), RedisQuotaBudget)
+    assert isinstance(budget_for(_settings(broker_url=redis_url), engine), RedisQuotaBudget)
     assert isinstance(budget_for(_settings(broker_url="rediss://h:6380/0"), engine), RedisQuotaBudget)
 
 
@@ -271,3 +280,118 @@ def test_refund_gives_back_units_but_not_during_a_pause(budget: Budget) -> None:
     budget.pause("a", time.time() + 30)
     budget.refund("a", 15)
     assert budget.snapshot("a").tokens == 0
+
+
+# ---------------------------------------------------------------- AIMD refill rate
+
+AIMD = AimdPolicy()
+NO_COOLDOWN = AimdPolicy(decrease_cooldown_seconds=0.0)
+
+
+@pytest.mark.parametrize(
+    ("current", "event", "expected"),
+    [
+        (1.0, "rate_limited", 0.5),
+        (0.5, "rate_limited", 0.25),
+        (0.08, "rate_limited", 0.05),  # the floor
+        (0.05, "rate_limited", 0.05),
+        (0.5, "success", 0.52),
+        (0.99, "success", 1.0),  # never above the configured rate
+        (1.0, "success", 1.0),
+        (0.05, "success", 0.07),
+    ],
+)
+def test_next_rate_factor(current: float, event: RateEvent, expected: float) -> None:
+    assert next_rate_factor(current, event, AIMD) == pytest.approx(expected)
+
+
+def test_next_rate_factor_follows_its_policy_and_rejects_nonsense() -> None:
+    gentle = AimdPolicy(decrease=0.8, increase=0.1, floor=0.5)
+    assert next_rate_factor(1.0, "rate_limited", gentle) == pytest.approx(0.8)
+    assert next_rate_factor(0.55, "rate_limited", gentle) == pytest.approx(0.5)
+    assert next_rate_factor(0.5, "success", gentle) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="unknown rate event"):
+        next_rate_factor(1.0, "timeout", AIMD)  # type: ignore[arg-type]
+    for bad in ({"decrease": 1.0}, {"decrease": 0.0}, {"floor": 0.0}, {"increase": -0.1}):
+        with pytest.raises(ValueError):
+            AimdPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_rate_limit_halves_the_factor_and_successes_restore_it(make_budget: MakeBudget) -> None:
+    budget = make_budget(NO_COOLDOWN)
+    assert budget.snapshot("a").rate_factor == 1.0
+    assert budget.adapt_rate("a", "rate_limited") == pytest.approx(0.5)
+    assert budget.snapshot("a").rate_factor == pytest.approx(0.5)
+    assert budget.snapshot("other").rate_factor == 1.0  # per account
+    for _ in range(10):
+        budget.adapt_rate("a", "rate_limited")
+    assert budget.snapshot("a").rate_factor == pytest.approx(0.05)  # the floor
+    for _ in range(3):
+        budget.adapt_rate("a", "success")
+    assert budget.snapshot("a").rate_factor == pytest.approx(0.11)
+    for _ in range(60):
+        budget.adapt_rate("a", "success")
+    assert budget.snapshot("a").rate_factor == 1.0
+
+
+def test_store_agrees_with_the_pure_function(make_budget: MakeBudget) -> None:
+    # The Redis store mirrors next_rate_factor in Lua; both stores must give exactly the pure results.
+    budget = make_budget(NO_COOLDOWN)
+    events: list[RateEvent] = ["rate_limited", "success", "rate_limited", "rate_limited", "success", "success",
+                               "rate_limited", "rate_limited", "rate_limited", "rate_limited", "success"]
+    expected = 1.0
+    for event in events:
+        expected = next_rate_factor(expected, event, NO_COOLDOWN)
+        assert budget.adapt_rate("a", event) == expected
+    assert budget.snapshot("a").rate_factor == expected
+
+
+def test_one_episode_of_rate_limits_halves_once(make_budget: MakeBudget) -> None:
+    # Every worker's in-flight call sees the same 429: within the cooldown they are one decrease.
+    budget = make_budget(AimdPolicy(decrease_cooldown_seconds=0.3))
+    for _ in range(5):
+        budget.adapt_rate("a", "rate_limited")
+    assert budget.snapshot("a").rate_factor == pytest.approx(0.5)
+    time.sleep(0.35)
+    assert budget.adapt_rate("a", "rate_limited") == pytest.approx(0.25)
+
+
+def test_a_lowered_factor_slows_the_refill(make_budget: MakeBudget) -> None:
+    budget = make_budget(NO_COOLDOWN)
+    budget.acquire("a", 20)
+    budget.adapt_rate("a", "rate_limited")
+    expected = 10 / (RATE * 0.5)  # twice the full-rate wait
+    waited = budget.acquire("a", 10)
+    assert 0.8 * expected <= waited <= 3 * expected
+
+
+def test_tokens_accrued_before_a_change_keep_the_old_rate(make_budget: MakeBudget) -> None:
+    budget = make_budget(NO_COOLDOWN)
+    budget.acquire("a", 20)
+    emptied = time.monotonic()
+    time.sleep(0.05)
+    elapsed = time.monotonic() - emptied
+    budget.adapt_rate("a", "rate_limited")
+    # At the full rate until the change (not half of it, retroactively).
+    assert budget.snapshot("a").tokens >= min(CAPACITY, 0.9 * RATE * elapsed)
+
+
+def test_a_success_at_full_rate_writes_nothing(make_budget: MakeBudget, redis_url: str) -> None:
+    budget = make_budget()
+    assert budget.adapt_rate("fresh", "success") == 1.0
+    if isinstance(budget, RedisQuotaBudget):
+        assert not redis.Redis.from_url(redis_url).exists(budget.prefix + "fresh")
+    else:
+        from sqlalchemy import select
+
+        from pipeline.storage.models import QuotaBucket
+
+        with budget.engine.connect() as conn:
+            assert conn.execute(select(QuotaBucket.key).where(QuotaBucket.key == "fresh")).first() is None
+
+
+def test_pause_and_refund_keep_the_factor(budget: Budget) -> None:
+    budget.adapt_rate("a", "rate_limited")
+    budget.pause("a", time.time() + 0.05)
+    budget.refund("a", 5)
+    assert budget.snapshot("a").rate_factor == pytest.approx(0.5)

@@ -110,3 +110,27 @@ def test_redelivery_cap_quarantines_a_window(engine: Engine) -> None:
     assert result.outcome == "quarantined"
     with transaction(engine) as s:
         assert s.execute(text("SELECT error_class FROM failures")).scalar_one() == "poison"
+
+
+def test_an_interrupt_wrapped_by_a_library_is_raised_as_itself(engine: Engine) -> None:
+    # The openai client turns anything raised inside a request (the task's soft time limit) into
+    # APIConnectionError; the stage must see the interrupt, not a transient error to classify.
+    class Interrupt(Exception):
+        pass
+
+    _, wid = _window(engine)
+    settings = Settings()
+
+    def work(_s: object, _c: object) -> dict[str, int]:
+        try:
+            raise Interrupt("soft time limit")
+        except Interrupt as exc:
+            raise ConnectionError("wrapped by a library") from exc
+
+    with pytest.raises(Interrupt):
+        run_stage(engine, settings, wid, "ingest", work, interrupts=(Interrupt,))
+    # Without it declared, it is just an error of its class: a retry (transient) for the caller.
+    from pipeline.stages.runner import StageRetry
+
+    with pytest.raises(StageRetry):
+        run_stage(engine, settings, wid, "ingest", work)

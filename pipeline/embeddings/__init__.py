@@ -1,9 +1,15 @@
-"""Text embeddings: chunking (`chunking`), the local MiniLM embedder (`local`) and their contract."""
+"""Text embeddings: chunking (`chunking`), the local MiniLM embedder (`local`), an OpenAI-compatible
+endpoint's (`remote`), their contract and the choice between them (`embedder_for`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from pipeline.settings import Settings
 
 
 @runtime_checkable
@@ -18,3 +24,24 @@ class Embedder(Protocol):
     dimensions: int
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+def embedder_for(settings: Settings, engine: Engine, *, threads: int | None = None) -> Embedder | None:
+    """The configured embedder (None for 'none'). `threads`: torch threads for the local model."""
+    if settings.embedder == "none":
+        return None
+    if settings.embedder == "local":
+        from pipeline.embeddings.local import LocalEmbedder
+
+        return LocalEmbedder(batch_size=settings.embed_batch_size, threads=threads)
+    from pipeline.embeddings.remote import RemoteEmbedder, openai_client
+    from pipeline.resilience.breakers import breakers_for
+    from pipeline.resilience.concurrency import limiter_for
+    from pipeline.storage.models import EMBEDDING_DIMENSIONS
+
+    key = settings.ai_api_key.get_secret_value() if settings.ai_api_key else None
+    return RemoteEmbedder(
+        openai_client(settings.ai_base_url, key, settings.ai_timeout), settings.ai_embed_model,
+        dimensions=EMBEDDING_DIMENSIONS, batch_size=settings.ai_embed_batch_size,
+        breakers=breakers_for(settings, engine), limiter=limiter_for(settings),
+    )

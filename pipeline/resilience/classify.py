@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,9 @@ def classify(exc: BaseException) -> str:
     google = _classify_google(exc)
     if google is not None:
         return google
+    remote_ai = _classify_openai(exc)
+    if remote_ai is not None:
+        return remote_ai
     return _classify_database(exc)
 
 
@@ -124,6 +128,48 @@ def _classify_google(exc: BaseException) -> str | None:
         return AUTH
     if isinstance(exc, TransportError | httplib2.HttpLib2Error):
         return TRANSIENT
+    return None
+
+
+def openai_error_class(status: int, code: str, type_: str, message: str) -> str:
+    """The class of an OpenAI API error response (its status and the `error` object's code and type).
+
+    `insufficient_quota` is a 429 too, but it is billing, not pacing: waiting minutes does not help,
+    so it is quota (paused until someone acts), never rate_limit. A 400 (context_length_exceeded
+    included) and a 404 (a wrong model name: configuration, not a vanished item) are permanent.
+    """
+    code_l, type_l, message_l = (code or "").lower(), (type_ or "").lower(), (message or "").lower()
+    if "insufficient_quota" in (code_l, type_l) or "exceeded your current quota" in message_l:
+        return QUOTA
+    if status == 429 or code_l == "rate_limit_exceeded":
+        return RATE_LIMIT
+    if status in (401, 403):
+        return AUTH
+    if status == 408:
+        return TIMEOUT
+    if status == 409 or status >= 500:
+        # 409 is a lock timeout on OpenAI's side; the openai client retries it too.
+        return TRANSIENT
+    return PERMANENT
+
+
+def _classify_openai(exc: BaseException) -> str | None:
+    if "openai" not in sys.modules:
+        return None  # nothing imported openai, so exc cannot be one of its errors: skip a heavy import
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - a dependency
+        return None
+    # APITimeoutError subclasses APIConnectionError: test it first.
+    if isinstance(exc, openai.APITimeoutError):
+        return TIMEOUT
+    if isinstance(exc, openai.APIConnectionError):
+        return TRANSIENT
+    if isinstance(exc, openai.APIStatusError):
+        return openai_error_class(exc.status_code, str(exc.code or ""), str(exc.type or ""), exc.message)
+    if isinstance(exc, openai.OpenAIError):
+        # Malformed responses, length/content-filter finish reasons: retrying the same item changes nothing.
+        return PERMANENT
     return None
 
 

@@ -4,6 +4,10 @@ Gmail limits units per user per minute and Celery's `rate_limit` is per worker, 
 account spends from one token bucket kept in Redis (or in PostgreSQL when there is no Redis). The
 bucket's clock is the server's, never a worker's: workers' clocks differ. A 429 pauses the whole
 account at once, because the limit is the account's, not the worker's.
+
+The refill rate adapts (AIMD, as TCP does): each rate-limit answer halves the share of the rate a bucket
+refills at, down to a floor; each success adds a small step back toward the full rate. The factor lives
+with the bucket, so every worker of the account slows down and recovers together.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import redis
 from sqlalchemy import Engine, Row, cast, func, select, update
@@ -94,10 +98,43 @@ class CostTable:
 
 @dataclass(frozen=True, slots=True)
 class BucketState:
-    """What a bucket holds now (tokens after refill) and until when its account is paused (epoch s)."""
+    """What a bucket holds now (tokens after refill), until when its account is paused (epoch s), and the
+    share of the configured rate it refills at (AIMD; 1.0 unless the server has been refusing calls)."""
 
     tokens: float
     paused_until: float
+    rate_factor: float = 1.0
+
+
+RateEvent = Literal["success", "rate_limited"]
+
+
+@dataclass(frozen=True, slots=True)
+class AimdPolicy:
+    """How the refill rate adapts to rate-limit answers: additive increase, multiplicative decrease.
+
+    `decrease_cooldown_seconds`: rate-limit answers within this long after a decrease belong to the same
+    episode (every worker's in-flight call sees the same 429) and do not compound it.
+    """
+
+    decrease: float = 0.5
+    increase: float = 0.02
+    floor: float = 0.05
+    decrease_cooldown_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.decrease < 1 and 0 < self.floor <= 1 and self.increase >= 0
+                and self.decrease_cooldown_seconds >= 0):
+            raise ValueError(f"invalid AIMD policy: {self}")
+
+
+def next_rate_factor(current: float, event: RateEvent, policy: AimdPolicy) -> float:
+    """The refill factor after one event, in [policy.floor, 1.0]. Mirrored by _ADAPT_LUA."""
+    if event == "rate_limited":
+        return max(policy.floor, current * policy.decrease)
+    if event == "success":
+        return min(1.0, current + policy.increase)
+    raise ValueError(f"unknown rate event {event!r}; valid: 'success', 'rate_limited'")
 
 
 class QuotaBudget(Protocol):
@@ -112,6 +149,8 @@ class QuotaBudget(Protocol):
     def paused_until(self, key: str) -> float: ...
 
     def snapshot(self, key: str) -> BucketState: ...
+
+    def adapt_rate(self, key: str, event: RateEvent) -> float: ...
 
 
 # ---------------------------------------------------------------- the bucket arithmetic
@@ -143,11 +182,12 @@ def _step(state: BucketState, updated_at: float, now: float, units: int, rate: f
 class _TokenBucketBudget(ABC):
     """The waiting loop; subclasses make one atomic take-or-tell-wait attempt against shared state."""
 
-    def __init__(self, rate_per_second: float, capacity: float) -> None:
+    def __init__(self, rate_per_second: float, capacity: float, aimd: AimdPolicy | None = None) -> None:
         if rate_per_second <= 0 or capacity <= 0:
             raise ValueError(f"rate ({rate_per_second}) and capacity ({capacity}) must be positive")
-        self.rate = float(rate_per_second)
+        self.rate = float(rate_per_second)  # the configured rate; buckets refill at rate × their factor
         self.capacity = float(capacity)
+        self.aimd = aimd or AimdPolicy()
 
     def acquire(self, key: str, units: int, *, timeout: float | None = None) -> float:
         """Block until `units` tokens of `key` are taken; return the seconds waited."""
@@ -186,6 +226,15 @@ class _TokenBucketBudget(ABC):
     @abstractmethod
     def snapshot(self, key: str) -> BucketState: ...
 
+    @abstractmethod
+    def adapt_rate(self, key: str, event: RateEvent) -> float:
+        """Record a call's outcome for the account's rate (`next_rate_factor`); return the factor now in force.
+
+        Call it with "rate_limited" on a 429 / 403 rate-limit answer (besides `pause`), and with "success" after
+        each successful call or batch. Tokens accrued so far keep the old rate; the new one applies from now.
+        A success at the full rate writes nothing.
+        """
+
 
 # ---------------------------------------------------------------- Redis
 
@@ -196,7 +245,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
 local units, idle = tonumber(ARGV[3]), tonumber(ARGV[4])
-local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until')
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until', 'rate_factor')
+rate = rate * (tonumber(s[4]) or 1)
 local tokens = tonumber(s[1]) or capacity
 local updated = tonumber(s[2]) or now
 local paused = tonumber(s[3]) or 0
@@ -240,13 +290,47 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens))
 return 1
 """
 
-# KEYS[1] bucket. Returns {tokens, updated_at, paused_until, now} as strings, or {now} for no bucket.
+# KEYS[1] bucket. Returns {tokens, updated_at, paused_until, now, rate_factor} as strings, or {now} for no
+# bucket.
 _READ_LUA = """
 local t = redis.call('TIME')
 local now = string.format('%.17g', tonumber(t[1]) + tonumber(t[2]) / 1000000)
-local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until')
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until', 'rate_factor')
 if not s[1] then return {now} end
-return {s[1], s[2], s[3] or '0', now}
+return {s[1], s[2], s[3] or '0', now, s[4] or '1'}
+"""
+
+# KEYS[1] bucket; ARGV rate, capacity, event, decrease, increase, floor, cooldown, idle seconds. Mirrors
+# next_rate_factor (and the policy's cooldown); refills at the old factor up to now first. Returns the factor.
+_ADAPT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, capacity, event = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local decrease, increase, floor = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local cooldown, idle = tonumber(ARGV[7]), tonumber(ARGV[8])
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until', 'rate_factor', 'decreased_at')
+local factor = tonumber(s[4]) or 1
+local decreased = tonumber(s[5]) or 0
+if event == 'success' and factor >= 1 then return string.format('%.17g', factor) end
+if event == 'rate_limited' and now < decreased + cooldown then return string.format('%.17g', factor) end
+local tokens = tonumber(s[1]) or capacity
+local updated = tonumber(s[2]) or now
+local paused = tonumber(s[3]) or 0
+if now > updated then
+  tokens = math.min(capacity, tokens + (now - updated) * rate * factor)
+  updated = now
+end
+if event == 'rate_limited' then
+  factor = math.max(floor, factor * decrease)
+  decreased = now
+else
+  factor = math.min(1, factor + increase)
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'updated_at', string.format('%.17g', updated),
+  'paused_until', string.format('%.17g', paused), 'rate_factor', string.format('%.17g', factor),
+  'decreased_at', string.format('%.17g', decreased))
+redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(0, paused - now) + idle) * 1000))
+return string.format('%.17g', factor)
 """
 
 
@@ -254,12 +338,14 @@ class RedisQuotaBudget(_TokenBucketBudget):
     """The bucket in a Redis hash, changed only by Lua scripts so each attempt is atomic."""
 
     def __init__(
-        self, client: redis.Redis, rate_per_second: float, capacity: float, *, prefix: str = "mailpipe:quota:"
+        self, client: redis.Redis, rate_per_second: float, capacity: float, *, prefix: str = "mailpipe:quota:",
+        aimd: AimdPolicy | None = None,
     ) -> None:
-        super().__init__(rate_per_second, capacity)
+        super().__init__(rate_per_second, capacity, aimd)
         self.client = client
         self.prefix = prefix
         self._take = client.register_script(_TAKE_LUA)
+        self._adapt = client.register_script(_ADAPT_LUA)
         self._pause = client.register_script(_PAUSE_LUA)
         self._read = client.register_script(_READ_LUA)
         self._refund = client.register_script(_REFUND_LUA)
@@ -278,9 +364,16 @@ class RedisQuotaBudget(_TokenBucketBudget):
         values: list[Any] = self._read(keys=[self.prefix + key])
         if len(values) == 1:
             return BucketState(self.capacity, 0.0)
-        tokens, updated_at, paused, now = (float(v) for v in values)
-        tokens, _ = _refill(tokens, updated_at, now, self.rate, self.capacity)
-        return BucketState(tokens, paused)
+        tokens, updated_at, paused, now, factor = (float(v) for v in values)
+        tokens, _ = _refill(tokens, updated_at, now, self.rate * factor, self.capacity)
+        return BucketState(tokens, paused, factor)
+
+    def adapt_rate(self, key: str, event: RateEvent) -> float:
+        _check_event(event)
+        p = self.aimd
+        args: list[str | float] = [repr(self.rate), repr(self.capacity), event, repr(p.decrease), repr(p.increase),
+                                   repr(p.floor), repr(p.decrease_cooldown_seconds), IDLE_EXPIRY_SECONDS]
+        return float(self._adapt(keys=[self.prefix + key], args=args))
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -292,8 +385,9 @@ _DB_NOW = cast(func.extract("epoch", func.clock_timestamp()), Float)
 class PostgresQuotaBudget(_TokenBucketBudget):
     """The bucket in a `quota_buckets` row, one short `SELECT ... FOR UPDATE` transaction per attempt."""
 
-    def __init__(self, engine: Engine, rate_per_second: float, capacity: float) -> None:
-        super().__init__(rate_per_second, capacity)
+    def __init__(self, engine: Engine, rate_per_second: float, capacity: float, *,
+                 aimd: AimdPolicy | None = None) -> None:
+        super().__init__(rate_per_second, capacity, aimd)
         self.engine = engine
 
     def _attempt(self, key: str, units: int) -> float:
@@ -302,8 +396,8 @@ class PostgresQuotaBudget(_TokenBucketBudget):
             row = conn.execute(self._select(key).with_for_update()).one()
             # The clock is read after the lock is held, so attempts that queued on it see later times.
             now = conn.execute(select(_DB_NOW)).scalar_one()
-            step = _step(BucketState(row.tokens, row.paused_until), row.updated_at, now, units, self.rate,
-                         self.capacity)
+            step = _step(BucketState(row.tokens, row.paused_until), row.updated_at, now, units,
+                         self.rate * row.rate_factor, self.capacity)
             if step.wait <= 0:
                 conn.execute(update(_Q).where(_Q.key == key).values(tokens=step.tokens, updated_at=step.updated_at))
         return step.wait
@@ -332,11 +426,35 @@ class PostgresQuotaBudget(_TokenBucketBudget):
             now = conn.execute(select(_DB_NOW)).scalar_one()
         return self._state(row, now)
 
+    def adapt_rate(self, key: str, event: RateEvent) -> float:
+        _check_event(event)
+        if event == "success":
+            # The common case, a success at the full rate, takes no lock and writes nothing.
+            with self.engine.connect() as conn:
+                current = conn.execute(select(_Q.rate_factor).where(_Q.key == key)).scalar_one_or_none()
+            if current is None or current >= 1.0:
+                return 1.0 if current is None else float(current)
+        with self.engine.begin() as conn:
+            conn.execute(self._upsert(key))
+            row = conn.execute(
+                select(_Q.tokens, _Q.updated_at, _Q.rate_factor, _Q.decreased_at).where(_Q.key == key).with_for_update()
+            ).one()
+            now = conn.execute(select(_DB_NOW)).scalar_one()
+            if event == "rate_limited" and now < row.decreased_at + self.aimd.decrease_cooldown_seconds:
+                return float(row.rate_factor)  # the same episode as the last decrease
+            factor = next_rate_factor(row.rate_factor, event, self.aimd)
+            tokens, updated_at = _refill(row.tokens, row.updated_at, now, self.rate * row.rate_factor, self.capacity)
+            values: dict[str, float] = {"tokens": tokens, "updated_at": updated_at, "rate_factor": factor}
+            if event == "rate_limited":
+                values["decreased_at"] = now
+            conn.execute(update(_Q).where(_Q.key == key).values(**values))
+        return factor
+
     def _state(self, row: Row[Any] | None, now: float) -> BucketState:
         if row is None:
             return BucketState(self.capacity, 0.0)
-        tokens, _ = _refill(row.tokens, row.updated_at, now, self.rate, self.capacity)
-        return BucketState(tokens, row.paused_until)
+        tokens, _ = _refill(row.tokens, row.updated_at, now, self.rate * row.rate_factor, self.capacity)
+        return BucketState(tokens, row.paused_until, row.rate_factor)
 
     def _upsert(self, key: str) -> Any:
         # A new bucket starts full; concurrent first attempts on a key queue on the insert, then on the lock.
@@ -348,7 +466,12 @@ class PostgresQuotaBudget(_TokenBucketBudget):
 
     @staticmethod
     def _select(key: str) -> Any:
-        return select(_Q.tokens, _Q.updated_at, _Q.paused_until).where(_Q.key == key)
+        return select(_Q.tokens, _Q.updated_at, _Q.paused_until, _Q.rate_factor).where(_Q.key == key)
+
+
+def _check_event(event: str) -> None:
+    if event not in ("success", "rate_limited"):
+        raise ValueError(f"unknown rate event {event!r}; valid: 'success', 'rate_limited'")
 
 
 # ---------------------------------------------------------------- choosing one

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.credentials import OAuthGrant, credentials_for
+from pipeline.resilience.breakers import Breaker, BreakerOpenError
 from pipeline.resilience.classify import (
     AUTH,
     GONE,
@@ -152,9 +153,13 @@ class GmailClient:
     """One account's Gmail API, used by one thread at a time (httplib2 is not thread-safe)."""
 
     def __init__(self, grant: OAuthGrant, config: GmailConfig, budget: QuotaBudget, costs: CostTable,
-                 account_key: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
+                 account_key: str, *, sleep: Callable[[float], None] = time.sleep,
+                 breaker: Breaker | None = None) -> None:
         self.config = config
         self.budget = budget
+        # Shared by every worker: when Gmail itself is failing, calls stop everywhere and the
+        # stage is re-scheduled for the breaker's reset instead of burning its retries.
+        self.breaker = breaker
         self.costs = costs
         self.key = account_key
         self._sleep = sleep
@@ -284,8 +289,20 @@ class GmailClient:
         batch = BatchHttpRequest(callback=collect, batch_uri=self.config.batch_uri)
         for mid in chunk:
             batch.add(self._users().messages().get(userId="me", id=mid, format="raw"), request_id=mid)
-        try:
+        def execute() -> None:
             batch.execute()
+            if len(retry) == len(chunk) and all(c in (TRANSIENT, "timeout") for c in classes):
+                # Every part failed on Gmail's side: to the breaker that is an outage, although the
+                # batch request itself came back 200.
+                raise _BatchFailed(f"all {len(chunk)} parts of a batch failed ({_worst(classes)})")
+
+        try:
+            self._through_breaker(execute)
+        except _BatchFailed:
+            pass  # `collect` has already put every part up for retry
+        except BreakerOpenError:
+            self._refund("messages.get", len(chunk))  # nothing was sent
+            raise
         except GmailError:
             raise
         except Exception as exc:  # the whole batch failed: every item is retried
@@ -301,6 +318,7 @@ class GmailClient:
         self._refund("messages.get", len(unserved))
         on_batch(outcome)
         if not retry:
+            self.budget.adapt_rate(self.key, "success")
             return [], "", 0.0
         return retry, _worst(classes), retry_after
 
@@ -327,7 +345,10 @@ class GmailClient:
         for attempt in range(MAX_ATTEMPTS):
             self._spend(method)
             try:
-                return make().execute(num_retries=0)
+                return self._through_breaker(lambda: make().execute(num_retries=0))
+            except BreakerOpenError:
+                self._refund(method, 1)
+                raise
             except Exception as exc:
                 if _unserved(exc):
                     self._refund(method, 1)
@@ -338,6 +359,9 @@ class GmailClient:
                 self._sleep(self._wait(error_class, self._retry_after(exc) or 0.0, attempt))
         raise GmailError(f"{method}: no success after {MAX_ATTEMPTS} attempts", TRANSIENT)
 
+    def _through_breaker(self, call: Callable[[], Any]) -> Any:
+        return call() if self.breaker is None else self.breaker.call(call)
+
     def _retry_after(self, exc: Exception) -> float | None:
         headers = {str(k).lower(): str(v) for k, v in dict(getattr(exc, "resp", {}) or {}).items()}
         return retry_after_seconds(headers, http_error_parts(exc)[2], datetime.now(UTC))
@@ -345,7 +369,9 @@ class GmailClient:
     def _wait(self, error_class: str, retry_after: float, attempt: int) -> float:
         """Seconds to sleep before retrying; `attempt` 0 is the first retry."""
         if error_class in (RATE_LIMIT, QUOTA):
-            # Account-wide: every worker of this account stops until the server's time, not just us.
+            # Account-wide: every worker of this account stops until the server's time, not just us,
+            # and the account's steady rate is halved until successes earn it back (AIMD).
+            self.budget.adapt_rate(self.key, "rate_limited")
             backoff = backoff_seconds(error_class, min(attempt, 6), random.random()) or 0.0
             wait = max(retry_after, backoff, 1.0)
             self.budget.pause(self.key, time.time() + wait)
@@ -353,6 +379,10 @@ class GmailClient:
         if attempt <= 0:
             return 0.0
         return backoff_seconds(TRANSIENT, min(attempt - 1, 6), random.random()) or 0.0
+
+
+class _BatchFailed(ClassifiedError):
+    error_class = TRANSIENT
 
 
 def _build_service(grant: OAuthGrant, config: GmailConfig) -> Any:

@@ -1,7 +1,9 @@
 """Embed: chunk each message's new text and embed only chunks whose content hash is new.
 
 A chunk whose hash already exists anywhere for this model reuses that vector; chunks of a
-message that its new text no longer produces (orphans) are deleted.
+message that its new text no longer produces (orphans) are deleted. `embed_pending` commits slice
+by slice, so a task stopped by its soft time limit (or an AI outage) keeps what it embedded and the
+re-queued task does only the rest.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -18,7 +20,8 @@ from pipeline.embeddings.chunking import chunk_text
 from pipeline.records import Chunk
 from pipeline.runs import StageClaim
 from pipeline.stages.normalize import window_messages
-from pipeline.storage.models import EmbeddingChunk, Message
+from pipeline.storage.db import transaction
+from pipeline.storage.models import EmbeddingChunk, Message, Window, WindowItem
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +31,41 @@ class EmbeddingTools:
     max_tokens: int = 256
 
 
+MESSAGES_PER_COMMIT = 32
+
+
+def embed_pending(engine: Engine, claim: StageClaim, tools: EmbeddingTools,
+                  per_commit: int = MESSAGES_PER_COMMIT) -> int:
+    """Embed the window's unembedded messages, committing every `per_commit`; returns chunks embedded."""
+    with transaction(engine) as session:
+        ids = session.execute(
+            select(Message.id).join(WindowItem, WindowItem.message_id == Message.id)
+            .where(WindowItem.window_id == claim.window_id, Message.embedded_at.is_(None),
+                   Message.normalized_at.is_not(None))
+            .distinct().order_by(Message.id)
+        ).scalars().all()
+    total = 0
+    for start in range(0, len(ids), per_commit):
+        with transaction(engine) as session:
+            messages = list(session.execute(
+                select(Message).where(Message.id.in_(ids[start : start + per_commit]), Message.embedded_at.is_(None))
+                .order_by(Message.id)
+            ).scalars())
+            embedded = embed_messages(session, messages, tools)
+            session.execute(update(Window).where(Window.id == claim.window_id).values(
+                chunks_embedded=Window.chunks_embedded + embedded, updated_at=func.now()))
+        total += embedded
+    return total
+
+
 def embed_window(session: Session, claim: StageClaim, tools: EmbeddingTools) -> dict[str, int]:
+    """The whole window in the caller's transaction (the work of `run_stage`)."""
     messages = [m for m in window_messages(session, claim.window_id, Message.embedded_at) if m.normalized_at]
+    return {"chunks_embedded": embed_messages(session, messages, tools)}
+
+
+def embed_messages(session: Session, messages: list[Message], tools: EmbeddingTools) -> int:
+    """Embed these messages' new chunks and store every chunk; returns how many were embedded."""
     wanted: dict[int, list[Chunk]] = {m.id: _chunks(m, tools) for m in messages}
     all_hashes = {c.content_hash for cs in wanted.values() for c in cs}
     known = _known_vectors(session, all_hashes, tools.embedder.name)
@@ -62,7 +98,7 @@ def embed_window(session: Session, claim: StageClaim, tools: EmbeddingTools) -> 
                 index_elements=[EmbeddingChunk.message_id, EmbeddingChunk.content_hash]
             )
         )
-    return {"chunks_embedded": len(missing)}
+    return len(missing)
 
 
 def _chunks(m: Message, tools: EmbeddingTools) -> list[Chunk]:

@@ -7,6 +7,8 @@ saved bytes exactly as for a mailbox file.
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
@@ -35,11 +37,13 @@ def fetch_window_for(engine: Engine, claim: StageClaim, client: GmailClient) -> 
     if not ids:
         return 0
     spent = client.units_spent
+    since = time.monotonic()
 
     def save(outcome: FetchOutcome) -> None:
-        nonlocal spent
+        nonlocal spent, since
         units, spent = client.units_spent - spent, client.units_spent
-        _save(engine, claim.account_id, claim.run_id, claim.window_id, outcome, units)
+        seconds, since = time.monotonic() - since, time.monotonic()
+        _save(engine, claim.account_id, claim.run_id, claim.window_id, outcome, units, seconds)
 
     try:
         client.fetch(ids, save)
@@ -50,10 +54,12 @@ def fetch_window_for(engine: Engine, claim: StageClaim, client: GmailClient) -> 
     return len(ids)
 
 
-def _save(engine: Engine, account_id: int, run_id: int, window_id: int, outcome: FetchOutcome, units: int) -> None:
+def _save(engine: Engine, account_id: int, run_id: int, window_id: int, outcome: FetchOutcome, units: int,
+          seconds: float) -> None:
     with transaction(engine) as s:
-        s.execute(update(Window).where(Window.id == window_id).values(quota_units=Window.quota_units + units,
-                                                                        updated_at=func.now()))
+        s.execute(update(Window).where(Window.id == window_id).values(
+            quota_units=Window.quota_units + units, fetch_seconds=Window.fetch_seconds + seconds,
+            updated_at=func.now()))
         for m in outcome.fetched:
             s.execute(
                 update(WindowItem)

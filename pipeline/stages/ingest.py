@@ -90,7 +90,7 @@ def _upsert_message(
             set_={"gmail_id": stmt.excluded.gmail_id, "labels": stmt.excluded.labels},
             where=Message.gmail_id.is_(None) & stmt.excluded.gmail_id.is_not(None),
         ).returning(Message.id, literal_column("xmax = 0", Boolean))
-    ).tuples().first()
+    ).first()
     if row is not None:
         return int(row[0]), bool(row[1])
     existing = session.execute(

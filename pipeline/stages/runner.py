@@ -56,8 +56,11 @@ class StageResult:
 
 def run_stage(
     engine: Engine, settings: Settings, window_id: int, stage: str, work: StageWork, *, final_try: bool = False,
-    prepare: StagePrepare | None = None,
+    prepare: StagePrepare | None = None, interrupts: tuple[type[BaseException], ...] = (),
 ) -> StageResult:
+    """Claim the window's stage, run it, mark it. `interrupts`: exceptions that stop the work from outside
+    (the task's soft time limit) and are re-raised as themselves, even when a library wrapped them (the
+    openai client turns anything raised inside a request into APIConnectionError)."""
     claim = claim_stage(engine, window_id, stage)
     if claim is None:
         return StageResult(window_id, stage, "already_done", {})
@@ -78,6 +81,9 @@ def run_stage(
             counters = work(session, claim)
             complete_stage(session, window_id, stage, **counters)
     except Exception as exc:
+        interrupt = _find(exc, interrupts)
+        if interrupt is not None:
+            raise interrupt from None
         error_class = classify(exc)
         if is_retried(error_class) and not final_try:
             settle_claim(engine, window_id, stage)
@@ -94,6 +100,17 @@ def fail_window_stage(engine: Engine, window_id: int, stage: str, error_class: s
     claim = claim_stage(engine, window_id, stage)
     if claim is not None:
         fail_stage(engine, claim, stage, error_class, reason)
+
+
+def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while kinds and current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -130,6 +130,8 @@ class Window(Base):
     failed: Mapped[int] = mapped_column(Integer, server_default="0")
     chunks_embedded: Mapped[int] = mapped_column(Integer, server_default="0")
     quota_units: Mapped[int] = mapped_column(Integer, server_default="0")  # Gmail units the fetch spent
+    # Wall seconds the fetch took (HTTP and quota waits): the observed latency that sizes ingest limits.
+    fetch_seconds: Mapped[float] = mapped_column(Float, server_default="0")
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -335,3 +337,20 @@ class QuotaBucket(Base):
     tokens: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)  # epoch seconds of the last refill
     paused_until: Mapped[float] = mapped_column(Float, server_default="0")  # epoch seconds
+    # AIMD: the share of the refill rate in force, in (floor, 1]; rate limits halve it, successes restore it.
+    rate_factor: Mapped[float] = mapped_column(Float, server_default="1")
+    decreased_at: Mapped[float] = mapped_column(Float, server_default="0")  # epoch s of the last halving
+
+
+class CircuitBreakerRecord(Base):
+    """A circuit breaker's state shared by every worker when there is no Redis (pybreaker's storage)."""
+
+    __tablename__ = "circuit_breakers"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)  # "gmail", "ai:<endpoint host>", ...
+    state: Mapped[str] = mapped_column(String(16), server_default="closed")  # closed | open | half-open
+    fail_counter: Mapped[int] = mapped_column(Integer, server_default="0")
+    success_counter: Mapped[int] = mapped_column(Integer, server_default="0")
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Epoch s until which one worker's trial call holds the half-open breaker (others wait).
+    probe_until: Mapped[float] = mapped_column(Float, server_default="0")

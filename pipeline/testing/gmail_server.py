@@ -19,6 +19,12 @@ what a benchmark measures is the client:
   allowed, and a client that backs off from 5xx is not penalised twice. Stalls (timeouts) are
   charged: the server did the work, the client just stopped waiting, as with Gmail.
 - A 404 (message deleted between list and get) is charged, as Gmail charges it.
+- A rate-limit answer (429, or 403 userRateLimitExceeded) announces a deadline ("Retry after <time>",
+  Retry-After). From the moment that answer has been written to the client until its deadline, every
+  call of that user the server receives counts in `stats(email)["calls_during_pause"]`: a client that
+  pauses the whole account, as Gmail asks, makes none. A call received before the answer was written
+  does not count (another worker's batch sent while the answer was on its way), even when the server
+  serves it after; every call of a batch counts as received when the batch was.
 - `latency` is slept once per HTTP request, before its calls: a batch of 50 costs one round trip,
   not 50, which is what batching buys against a real network.
 - Batches: more than `max_batch` parts (default 50) are refused whole with Gmail's 400
@@ -37,21 +43,18 @@ import math
 import random
 import re
 import secrets
-import signal
 import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -65,10 +68,12 @@ from pipeline.testing.gmail_mailbox import (
     attachment_resource,
     message_resource,
 )
+from pipeline.testing.http import Handler, Served, ServerThread, serve_until_signal
 
 DEFAULT_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
 BATCH_PATHS = ("/batch/gmail/v1", "/batch")
 DEFAULT_MAX_BATCH = 50
+_PAUSE_MEMORY = 600.0  # seconds a rate limit's deadline is kept after it passed (for calls still in the server)
 WATCH_DAYS = 7
 _JSON = "application/json; charset=UTF-8"
 log = logging.getLogger(__name__)
@@ -85,13 +90,18 @@ _Y2026_COSTS: dict[str, int] = {**_LEGACY_COSTS, "messages.get": 20, "attachment
 
 @dataclass(frozen=True)
 class QuotaRegime:
-    """Units per user per rolling minute, per-method costs, optional project-wide limits."""
+    """Units per user per rolling minute, per-method costs, optional project-wide limits.
+
+    `window_seconds` shortens the rolling "minute" the per-user and per-project limits count over
+    (Gmail's is 60 s): a test of rate-limit episodes then waits seconds, not minutes, per episode.
+    """
 
     per_user_per_minute: int
     costs: Mapping[str, int]
     daily_limit: int | None = None  # project-wide, per UTC day, like Gmail's per-project daily quota
     rate_status: int = 429  # 403 answers rate limits the older way (userRateLimitExceeded)
     per_project_per_minute: int | None = None
+    window_seconds: float = 60.0
 
     @classmethod
     def legacy(cls, **overrides: Any) -> QuotaRegime:
@@ -172,11 +182,12 @@ class ApiError(Exception):
     """An answer in Google's error JSON; `kind` names the counter it bumps."""
 
     def __init__(self, status: int, message: str, reason: str, *, domain: str = "global",
-                 headers: Mapping[str, str] | None = None, kind: str = "") -> None:
+                 headers: Mapping[str, str] | None = None, kind: str = "", retry_at: float | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.reason, self.domain = status, message, reason, domain
         self.headers = dict(headers or {})
         self.kind = kind
+        self.retry_at = retry_at  # a rate limit's deadline (time.monotonic()): no call of the user before it
 
     def response(self) -> Response:
         error = {"code": self.status, "message": self.message,
@@ -211,13 +222,17 @@ def _backend_error(status: int) -> ApiError:
 
 
 def _rate_limited(status: int, wait: float, per_user: bool) -> ApiError:
+    retry_at = time.monotonic() + wait
     until = datetime.now(UTC) + timedelta(seconds=wait)
+    # Rounded up to the millisecond, as the Retry-After header is to the second: a client that waits
+    # exactly as long as either says is never early.
+    until = until.replace(microsecond=0) + timedelta(milliseconds=math.ceil(until.microsecond / 1000))
     stamp = until.strftime("%Y-%m-%dT%H:%M:%S.") + f"{until.microsecond // 1000:03d}Z"
     scope = "User-rate limit exceeded." if per_user else "Rate Limit Exceeded."
     message = f"{scope}  Retry after {stamp}"
     reason = "rateLimitExceeded" if status == 429 else "userRateLimitExceeded"
     return ApiError(status, message, reason, domain="usageLimits", kind="rate_limited",
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))}, retry_at=retry_at)
 
 
 def _daily_limited() -> ApiError:
@@ -255,6 +270,8 @@ class Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # (user, deadline) of each rate-limit answer it carries, a batch's included: see GmailServer.deliver.
+    rate_limits: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
@@ -300,7 +317,7 @@ class QuotaLedger:
         self._clock = clock
         self._lock = threading.Lock()
         self._users: dict[str, _Window] = {}
-        self._project = _Window()
+        self._project = _Window(regime.window_seconds if regime is not None else 60.0)
         self._day = ("", 0)
 
     def admit(self, email: str, method: str, *, charge: bool) -> int:
@@ -312,7 +329,7 @@ class QuotaLedger:
         with self._lock:
             now = self._clock()
             self._check_daily(regime, cost)
-            window = self._users.setdefault(email, _Window())
+            window = self._users.setdefault(email, _Window(regime.window_seconds))
             _check_window(window, now, cost, regime.per_user_per_minute, regime.rate_status, per_user=True)
             if regime.per_project_per_minute is not None:
                 _check_window(self._project, now, cost, regime.per_project_per_minute, 429, per_user=False)
@@ -341,6 +358,15 @@ def _check_window(window: _Window, now: float, cost: int, limit: int, status: in
 # ---------------------------------------------------------------------- statistics
 
 
+@dataclass(slots=True)
+class _Pause:
+    """A rate-limit answer: written to the client at `answered_at` (inf while being written), announcing
+    `retry_at`; both time.monotonic()."""
+
+    retry_at: float
+    answered_at: float = math.inf
+
+
 @dataclass
 class _Counters:
     calls: Counter[str] = field(default_factory=Counter)
@@ -348,6 +374,7 @@ class _Counters:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # ApiError kinds
     timeouts: int = 0
+    calls_during_pause: int = 0  # calls received while a rate limit the user had been sent was in force
     batch_requests: int = 0
     batch_items: list[int] = field(default_factory=list)
     token_refreshes: int = 0
@@ -368,6 +395,10 @@ class _Counters:
     def note_timeout(self) -> None:
         self.timeouts += 1
 
+    def note_call(self, method: str, during_pause: bool) -> None:
+        self.calls[method] += 1
+        self.calls_during_pause += during_pause
+
     def note_refresh(self) -> None:
         self.token_refreshes += 1
 
@@ -377,6 +408,7 @@ class _Counters:
         self.statuses.update(other.statuses)
         self.errors.update(other.errors)
         self.timeouts += other.timeouts
+        self.calls_during_pause += other.calls_during_pause
         self.batch_requests += other.batch_requests
         self.batch_items.extend(other.batch_items)
         self.token_refreshes += other.token_refreshes
@@ -398,6 +430,7 @@ class _Counters:
             "unauthorized": self.errors["unauthorized"],
             "not_found": self.errors["not_found"],
             "timeouts": self.timeouts,
+            "calls_during_pause": self.calls_during_pause,
             "batch_requests": self.batch_requests,
             "batch_items": list(self.batch_items),
             "token_refreshes": self.token_refreshes,
@@ -477,7 +510,7 @@ def _route(req: Request) -> tuple[str, dict[str, str]] | None:
 # ---------------------------------------------------------------------- the server
 
 
-class GmailServer:
+class GmailServer(Served):
     """Gmail's REST and batch API over HTTP for one or more FakeMailboxes, with quota and faults."""
 
     def __init__(self, mailboxes: Mapping[str, FakeMailbox] | FakeMailbox, *, quota: QuotaRegime | None = None,
@@ -493,38 +526,19 @@ class GmailServer:
         self._tokens = _Tokens(token_lifetime)
         self._stats_lock = threading.Lock()
         self._counters: dict[str, _Counters] = {}
+        self._pauses: dict[str, list[_Pause]] = {}  # per user, the rate-limit answers written to the client
         self._call_number = 0
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = ServerThread(_Handler, self, "fake-gmail")
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> str:
-        if self._httpd is None:
-            self._httpd = _HTTPServer((self.host, self.port), _Handler, self)
-            self.port = self._httpd.server_address[1]
-            # A short poll interval keeps stop() fast: shutdown() waits for the loop's next poll.
-            self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-gmail",
-                                            daemon=True)
-            self._thread.start()
+        if not self._http.running:
+            self.port = self._http.start(self.host, self.port)
         return self.base_url
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> GmailServer:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        self._http.stop()
 
     @property
     def base_url(self) -> str:
@@ -550,9 +564,11 @@ class GmailServer:
         return self.mailboxes[email.lower()]
 
     def reset_stats(self) -> None:
-        """Forget every counter (a long-lived test server serving one test after another)."""
+        """Forget every counter and the rate limits sent so far (a long-lived test server serving one test
+        after another)."""
         with self._stats_lock:
             self._counters = {}
+            self._pauses = {}
 
     def stats(self, email: str | None = None) -> dict[str, Any]:
         """Counters for one mailbox, or (None) for everything including unauthenticated calls."""
@@ -570,17 +586,46 @@ class GmailServer:
 
     # ------------------------------------------------------------------ HTTP entry point
 
-    def handle(self, req: Request) -> Response:
-        """One HTTP request: the token endpoint, a batch, or a single API call."""
+    def handle(self, req: Request, *, arrived_at: float | None = None) -> Response:
+        """One HTTP request, received at `arrived_at` (time.monotonic(); default now): the token endpoint,
+        a batch, or a single API call."""
+        arrived = time.monotonic() if arrived_at is None else arrived_at
         if req.path == "/token" and req.verb == "POST":
             return self._token(req)
         if req.path.rstrip("/") in BATCH_PATHS and req.verb == "POST":
             self._sleep_latency()
-            return self._batch(req)
+            return self._batch(req, arrived)
         if req.path.startswith("/gmail/v1/"):
             self._sleep_latency()
-            return self.call(req)
+            return self.call(req, arrived_at=arrived)
         return ApiError(404, "Not Found", "notFound").response()
+
+    def deliver(self, resp: Response, write: Callable[[Response], bool]) -> None:
+        """Write `resp` with `write` (False: the client had gone). The rate limits it carries are in force
+        from the moment the write is done until their deadlines: a call of their user received meanwhile
+        counts in `calls_during_pause`.
+
+        Calls received before (another worker's batch sent while this answer was on its way) do not count,
+        even when served after: their client could not have known. The deadline is the one the answer
+        announced (its "Retry after" time, which Retry-After rounds up to the second)."""
+        pauses = [_Pause(retry_at) for _, retry_at in resp.rate_limits]
+        if pauses:
+            now = time.monotonic()
+            with self._stats_lock:
+                for (email, _), pause in zip(resp.rate_limits, pauses, strict=True):
+                    kept = self._pauses.setdefault(email, [])
+                    # Deadlines long past can no longer match a call still being served: keep the list short.
+                    kept[:] = [p for p in kept if p.retry_at > now - _PAUSE_MEMORY] + [pause]
+        if write(resp) and pauses:
+            # A call checked before this moment was received before it, so it could not count anyway.
+            done = time.monotonic()
+            with self._stats_lock:
+                for pause in pauses:
+                    pause.answered_at = done
+
+    def _during_pause(self, email: str, arrived: float) -> bool:
+        with self._stats_lock:
+            return any(p.answered_at <= arrived < p.retry_at for p in self._pauses.get(email, ()))
 
     def _sleep_latency(self) -> None:
         if self.faults.latency > 0:
@@ -588,8 +633,10 @@ class GmailServer:
 
     # ------------------------------------------------------------------ one API call
 
-    def call(self, req: Request) -> Response:
-        """One API call, direct or inside a batch: hook, auth, quota, faults, then the method."""
+    def call(self, req: Request, *, arrived_at: float | None = None) -> Response:
+        """One API call, direct or inside a batch (received at `arrived_at`, time.monotonic(); default now):
+        hook, auth, quota, faults, then the method."""
+        arrived = time.monotonic() if arrived_at is None else arrived_at
         routed = _route(req)
         if routed is None:
             return ApiError(404, f"Method not found: {req.verb} {req.path}", "notFound").response()
@@ -603,7 +650,8 @@ class GmailServer:
             if hook is not None:
                 hook(method, number)
             email = self._authorize(email, args["user"])
-            self._count(email, lambda c: c.calls.update([method]))
+            during_pause = self._during_pause(email, arrived)
+            self._count(email, lambda c: c.note_call(method, during_pause))
             self._admit(email, method)
             self._maybe_stall(email)
             response = _HANDLERS[method](self, self.mailboxes[email], args, req)
@@ -611,6 +659,8 @@ class GmailServer:
             response = exc.response()
             kind = exc.kind
             self._count(email, lambda c: c.errors.update([kind]) if kind else None)
+            if exc.retry_at is not None and email is not None:
+                response.rate_limits.append((email, exc.retry_at))
         except Exception as exc:
             # A bug here (or in a test's hook) must show up as itself, not as a dropped connection that
             # a client would retry as a network error; inside a batch it fails only its own part.
@@ -646,7 +696,7 @@ class GmailServer:
 
     # ------------------------------------------------------------------ batch
 
-    def _batch(self, req: Request) -> Response:
+    def _batch(self, req: Request, arrived: float) -> Response:
         try:
             parts = _parse_batch(req.headers.get("content-type", ""), req.body)
         except ValueError as exc:
@@ -655,9 +705,11 @@ class GmailServer:
             message = f"Inner request count exceeds the limit. Received: {len(parts)}, Limit: {self.max_batch}"
             self._count(None, lambda c: c.errors.update(["batch_too_large"]))
             return ApiError(400, message, "badRequest").response()
-        answers = [(content_id, self.call(inner)) for content_id, inner in parts]
+        answers = [(content_id, self.call(inner, arrived_at=arrived)) for content_id, inner in parts]
         self._count_batch(parts)
-        return _batch_response(answers)
+        response = _batch_response(answers)
+        response.rate_limits = [limit for _, answer in answers for limit in answer.rate_limits]
+        return response
 
     def _count_batch(self, parts: Sequence[tuple[str, Request]]) -> None:
         per_user = Counter(self._token_email(inner) or "" for _, inner in parts)
@@ -907,48 +959,14 @@ def _reason(status: int) -> str:
 # ---------------------------------------------------------------------- HTTP plumbing
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], gmail: GmailServer) -> None:
-        self.gmail = gmail
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # httplib2 keeps connections open; every answer has a Content-Length
-    # Headers and body go out in two writes; with Nagle on, delayed ACKs add ~40 ms to every call.
-    disable_nagle_algorithm = True
+class _Handler(Handler):
     server_version = "ESF"
-    sys_version = ""
 
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        gmail = cast(_HTTPServer, self.server).gmail
-        resp = gmail.handle(Request.build(self.command, self.path, dict(self.headers.items()), body))
-        try:
-            self.send_response(resp.status)
-            for name, value in resp.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(resp.body)))
-            self.end_headers()
-            self.wfile.write(resp.body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client gave up (an injected stall outlasted its timeout)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
-        pass
+    def serve(self, body: bytes) -> None:
+        gmail = cast(GmailServer, self.app)
+        resp = gmail.handle(Request.build(self.command, self.path, dict(self.headers.items()), body),
+                            arrived_at=self.arrived_at)
+        gmail.deliver(resp, self.send)
 
 
 # ---------------------------------------------------------------------- command line
@@ -990,35 +1008,15 @@ def _mailbox(args: argparse.Namespace) -> FakeMailbox:
     return FakeMailbox(args.email, seed=args.seed)
 
 
-@dataclass
-class _StopFlag:
-    event: threading.Event = field(default_factory=threading.Event)
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.event.set()
-
-    def wait(self) -> Iterator[None]:
-        while not self.event.wait(0.5):
-            yield None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     faults = Faults(latency=args.latency, error_rate=args.error_rate, seed=args.seed)
     server = GmailServer(_mailbox(args), quota=_regime(args), faults=faults, host=args.host, port=args.port,
                          max_batch=args.max_batch)
-    stop = _StopFlag()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with server:
-        info = {"base_url": server.base_url, "token_uri": server.token_uri, "batch_uri": server.batch_uri,
-                "email": args.email, "refresh_token": server.issue_refresh_token(args.email),
-                "client_id": "fake-client-id", "client_secret": "fake-client-secret"}
-        print(json.dumps(info), flush=True)
-        for _ in stop.wait():
-            pass
-        print(json.dumps({"stats": server.stats()}), file=sys.stderr, flush=True)
-    return 0
+    return serve_until_signal(server, lambda: {
+        "base_url": server.base_url, "token_uri": server.token_uri, "batch_uri": server.batch_uri,
+        "email": args.email, "refresh_token": server.issue_refresh_token(args.email),
+        "client_id": "fake-client-id", "client_secret": "fake-client-secret"})
 
 
 __all__ = ["ApiError", "Faults", "GmailServer", "QuotaLedger", "QuotaRegime", "Request", "Response", "main"]

@@ -1,0 +1,117 @@
+"""The enrichment sweep: embed and insight work that an AI outage left owed resumes by itself.
+
+While the AI endpoint is out, the embed and insight stages give their window up with a retryable class
+(transient, timeout, rate_limit, quota) instead of holding the run open: ingest, normalize and
+contacts finish and the next sync can start. A periodic sweep (celery beat) finds those stages and,
+once the endpoint's breaker lets calls through again, re-opens them (failed → pending, their failure
+row removed: it no longer stands) and hands them to `dispatch`. A stage that fails again is recorded
+again and waits for the next sweep. Permanent failures are never re-opened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, text
+
+from pipeline.resilience.classify import QUOTA, RATE_LIMIT, TIMEOUT, TRANSIENT
+from pipeline.settings import Settings
+from pipeline.storage.db import transaction
+
+log = logging.getLogger(__name__)
+
+ENRICHMENT_STAGES = ("embed", "insight")
+RESUMABLE_CLASSES = (TRANSIENT, TIMEOUT, RATE_LIMIT, QUOTA)
+DEFAULT_BATCH = 50  # windows re-opened per sweep: an endpoint just back is not flooded at once
+
+Dispatch = Callable[[str, int], None]  # (stage, window_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    window_id: int
+    stage: str
+    error_class: str
+
+
+@dataclass(slots=True)
+class SweepResult:
+    reopened: list[Owed] = field(default_factory=list)
+    waiting: int = 0  # owed stages left for a later sweep (the endpoint is still out, or over the batch)
+    reason: str | None = None  # why nothing was re-opened, when nothing was
+
+    def as_dict(self) -> dict[str, object]:
+        return {"reopened": [(o.window_id, o.stage) for o in self.reopened], "waiting": self.waiting,
+                "reason": self.reason}
+
+
+def owed_enrichment(engine: Engine, limit: int | None = None) -> list[Owed]:
+    """Embed and insight stages that failed with a class worth trying again, oldest window first."""
+    with transaction(engine) as s:
+        rows = s.execute(
+            text(
+                "SELECT f.window_id, f.stage, f.error_class FROM failures f JOIN windows w ON w.id = f.window_id "
+                "WHERE f.item_ref = 'window' AND f.stage = ANY(:stages) AND f.error_class = ANY(:classes) "
+                "AND ((f.stage = 'embed' AND w.embed = 'failed') OR (f.stage = 'insight' AND w.insight = 'failed')) "
+                "ORDER BY f.window_id, f.stage LIMIT :limit"
+            ),
+            {"stages": list(ENRICHMENT_STAGES), "classes": list(RESUMABLE_CLASSES), "limit": limit},
+        ).all()
+    return [Owed(int(w), str(st), str(c)) for w, st, c in rows]
+
+
+def reopen(engine: Engine, owed: Owed) -> bool:
+    """failed → pending for one owed stage, its failure row removed; False if another sweep got it first."""
+    if owed.stage not in ENRICHMENT_STAGES:
+        raise ValueError(f"only enrichment stages are re-opened, not {owed.stage!r}")
+    with transaction(engine) as s:
+        changed = s.execute(
+            text(
+                f"UPDATE windows SET {owed.stage} = 'pending', finished = false, updated_at = now(), "
+                f"attempts = attempts - '{owed.stage}' WHERE id = :id AND {owed.stage} = 'failed'"
+            ),
+            {"id": owed.window_id},
+        ).rowcount  # type: ignore[attr-defined]
+        if not changed:
+            return False
+        s.execute(
+            text("DELETE FROM failures WHERE window_id = :id AND stage = :stage AND item_ref = 'window'"),
+            {"id": owed.window_id, "stage": owed.stage},
+        )
+    return True
+
+
+def sweep(engine: Engine, dispatch: Dispatch, *, endpoint_open: Callable[[], float],
+          batch: int = DEFAULT_BATCH) -> SweepResult:
+    """Re-open and dispatch up to `batch` owed stages, unless the endpoint's breaker is open.
+
+    `endpoint_open()` returns the seconds until the AI endpoint's breaker lets a call through (0: now).
+    """
+    owed = owed_enrichment(engine)
+    result = SweepResult(waiting=len(owed))
+    if not owed:
+        return result
+    wait = endpoint_open()
+    if wait > 0:
+        result.reason = f"the AI endpoint's breaker is open for {wait:.0f} s more"
+        return result
+    for item in owed[:batch]:
+        if reopen(engine, item):
+            dispatch(item.stage, item.window_id)
+            result.reopened.append(item)
+    result.waiting = len(owed) - len(result.reopened)
+    if result.reopened:
+        log.info("enrichment sweep re-opened %d stage(s); %d still owed", len(result.reopened), result.waiting)
+    return result
+
+
+def endpoint_wait(settings: Settings, engine: Engine) -> float:
+    """Seconds until the configured AI endpoint's breaker lets a call through; 0 for a local model."""
+    if settings.embedder != "openai":
+        return 0.0
+    from pipeline.embeddings.remote import OPENAI_BASE_URL
+    from pipeline.resilience.breakers import ai_breaker_name, breakers_for
+
+    return breakers_for(settings, engine).get(ai_breaker_name(settings.ai_base_url or OPENAI_BASE_URL)).retry_after()
