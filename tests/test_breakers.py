@@ -296,9 +296,11 @@ def test_a_breaker_opened_in_one_process_is_open_in_another(store_spec: tuple[st
     assert _in_subprocess(store_spec, "gmail", "trip") == OPEN
     with pytest.raises(BreakerOpenError) as info:
         here.call("gmail", lambda: 1)
-    assert 28.5 <= info.value.retry_after <= 30
+    # Seconds pass between the trip and these checks (a subprocess starting on a busy machine): what
+    # matters is that the wait counts down from the reset timeout opened elsewhere, not from zero.
+    assert 15 <= info.value.retry_after <= 30
     verdict, retry_after = _in_subprocess(store_spec, "gmail", "check").split()
-    assert verdict == "refused" and 25 <= float(retry_after) <= 30
+    assert verdict == "refused" and 10 <= float(retry_after) <= info.value.retry_after
     assert _in_subprocess(store_spec, "ai:elsewhere", "check") == "called"  # breakers are per dependency
 
 
