@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,7 @@ LOG_PATTERNS = {  # what the workers' logs (level INFO) tell
     "children_killed": re.compile(r"Process 'ForkPoolWorker-\d+' pid:\d+ exited with 'signal 9"),
     "tasks_lost_with_child": re.compile(r"Task handler raised error: WorkerLostError\('Worker exited"),
     "pool_start_failed": re.compile(r"Unrecoverable error: WorkerLostError\('Could not start worker processes"),
+    "unrecoverable": re.compile(r"Unrecoverable error: (\w+)"),  # the worker's main process exits
     "broker_lost": re.compile(r"Connection to broker lost"),
     "task_retry": re.compile(r"\] retry: "),
     "task_error": re.compile(r"\] raised unexpected: (\w+)"),
@@ -255,17 +257,57 @@ def run(messages: int, chaos: Chaos, *, seed: int, latency: float, error_rate: f
     server.start()
     info = parent.recv()
     tmp = Path(tempfile.mkdtemp(prefix="mailpipe-bench-chaos-"))
-    postgres = PostgresProcess(tmp / "pg")
     redis_server = RedisProcess(tmp / "redis", persistent_redis)
-    redis_server.start()
-    from pipeline.storage.db import migrate
+    postgres: PostgresProcess | None = None
+    supervisor: Supervisor | None = None
+    try:
+        postgres = PostgresProcess(tmp / "pg")
+        redis_server.start()
+        from pipeline.storage.db import migrate
 
-    migrate(postgres.url)
-    env = bench_env(str(tmp), postgres.url, redis_server.url, info["base_url"], "legacy", windows_in_flight)
-    env.update({"MAILPIPE_STAGE_SOFT_TIME_LIMIT": str(SOFT_LIMIT), "MAILPIPE_STAGE_TIME_LIMIT": str(HARD_LIMIT)})
-    os.environ.update(env)
-    supervisor = Supervisor(env, tmp, random.Random(seed))
-    supervisor.start_all()
+        migrate(postgres.url)
+        env = bench_env(str(tmp), postgres.url, redis_server.url, info["base_url"], "legacy", windows_in_flight)
+        env.update({"MAILPIPE_STAGE_SOFT_TIME_LIMIT": str(SOFT_LIMIT), "MAILPIPE_STAGE_TIME_LIMIT": str(HARD_LIMIT)})
+        os.environ.update(env)
+        supervisor = Supervisor(env, tmp, random.Random(seed))
+        supervisor.start_all()
+        measured = _sync_under_chaos(chaos, supervisor, redis_server, postgres, info, timeout)
+        supervisor.stop_all()
+        parent.send("stop")
+        server_side = parent.recv()
+        email = next(iter(info["accounts"]))
+        return {
+            "messages_requested": messages, "kill_every": chaos.kill_every, "down_seconds": chaos.down_seconds,
+            "windows_in_flight": windows_in_flight, "persistent_redis": persistent_redis, "seed": seed,
+            "latency": latency, "error_rate": error_rate, **measured,
+            "kills": {"child": supervisor.kills["child"], "main": supervisor.kills["main"],
+                      "mains_replaced": supervisor.kills["replaced_mains"]},
+            "redis": {"at_seconds": round(chaos.redis.at_seconds, 1),
+                      "outage_seconds": round(chaos.redis.seconds, 2), "done": chaos.redis.done},
+            "postgres": {"at_seconds": round(chaos.postgres.at_seconds, 1),
+                         "outage_seconds": round(chaos.postgres.seconds, 2), "done": chaos.postgres.done},
+            "worker_log": _log_counts(tmp),
+            "gets_served": server_side["stats"][email]["units_by_method"].get("messages.get", 0) // 5,
+            "timeline": [[round(t, 1), what] for t, what in chaos.timeline],
+            **_check(postgres.url, email, set(server_side["keys"][email])),
+            **({"folder": str(tmp)} if keep else {}),
+        }
+    finally:
+        if supervisor is not None:
+            supervisor.stop_all()
+        if postgres is not None:
+            postgres.shutdown()
+        redis_server.stop()
+        if server.is_alive():
+            server.terminate()
+        server.join(30)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sync_under_chaos(chaos: Chaos, supervisor: Supervisor, redis_server: RedisProcess, postgres: PostgresProcess,
+                      info: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run the sync (the CLI's driver code, in a thread) while the faults are inflicted; what it came to."""
     dispatched: Counter[int] = Counter()
     outcome: dict[str, Any] = {}
 
@@ -277,52 +319,21 @@ def run(messages: int, chaos: Chaos, *, seed: int, latency: float, error_rate: f
 
     def drive() -> None:
         try:
-            outcome["seconds"] = _sync_all(postgres.url, info, dispatch)
+            _sync_all(postgres.url, info, dispatch)
         except BaseException as exc:  # reported, not raised: the figures are wanted either way
             outcome["error"] = f"{type(exc).__name__}: {exc}"
             outcome["where"] = _project_frames(exc)
 
     started = time.monotonic()
-    driver = threading.Thread(target=drive, name="driver")
+    driver = threading.Thread(target=drive, name="driver", daemon=True)  # daemon: a hung run must not hold us
     driver.start()
-    try:
-        _inflict(chaos, supervisor, redis_server, postgres, driver, started, timeout)
-        wall = time.monotonic() - started
-        completed = not driver.is_alive()
-        if not completed:
-            outcome["error"] = f"the sync had not ended after {timeout:.0f} s"
-    finally:
-        supervisor.stop_all()
-    parent.send("stop")
-    server_side = parent.recv()
-    server.join(30)
-    email = next(iter(info["accounts"]))
-    result = {
-        "messages_requested": messages, "kill_every": chaos.kill_every, "down_seconds": chaos.down_seconds,
-        "windows_in_flight": windows_in_flight, "persistent_redis": persistent_redis, "seed": seed,
-        "latency": latency, "error_rate": error_rate, "completed": completed, "wall_seconds": round(wall, 1),
-        "driver_error": outcome.get("error"), "driver_error_at": outcome.get("where"),
-        "kills": {"child": supervisor.kills["child"], "main": supervisor.kills["main"],
-                  "mains_replaced": supervisor.kills["replaced_mains"]},
-        "redis": {"at_seconds": round(chaos.redis.at_seconds, 1), "outage_seconds": round(chaos.redis.seconds, 2),
-                  "done": chaos.redis.done},
-        "postgres": {"at_seconds": round(chaos.postgres.at_seconds, 1),
-                     "outage_seconds": round(chaos.postgres.seconds, 2), "done": chaos.postgres.done},
-        "redispatched_windows": sum(n - 1 for n in dispatched.values()),
-        "worker_log": _log_counts(tmp),
-        "gets_served": server_side["stats"][email]["units_by_method"].get("messages.get", 0) // 5,
-        "timeline": [[round(t, 1), what] for t, what in chaos.timeline],
-        **_check(postgres.url, email, set(server_side["keys"][email])),
-    }
-    postgres.shutdown()
-    redis_server.stop()
-    if keep:
-        result["folder"] = str(tmp)
-    else:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return result
+    _inflict(chaos, supervisor, redis_server, postgres, driver, started, timeout)
+    completed = not driver.is_alive()
+    if not completed:
+        outcome["error"] = f"the sync had not ended after {timeout:.0f} s"
+    return {"completed": completed, "wall_seconds": round(time.monotonic() - started, 1),
+            "driver_error": outcome.get("error"), "driver_error_at": outcome.get("where"),
+            "redispatched_windows": sum(n - 1 for n in dispatched.values())}
 
 
 def _inflict(chaos: Chaos, supervisor: Supervisor, redis_server: RedisProcess, postgres: PostgresProcess,
@@ -408,7 +419,7 @@ def _check(url: str, email: str, expected: set[str]) -> dict[str, Any]:
             "SELECT id, status, error FROM sync_runs WHERE account_id = :a ORDER BY id"), {"a": account}).all()
         windows = conn.execute(text(
             "SELECT count(*), count(*) FILTER (WHERE finished), coalesce(sum(new_messages), 0), "
-            "coalesce(sum(duplicates), 0) FROM windows")).one()
+            "coalesce(sum(duplicates), 0), coalesce(sum(size), 0) FROM windows")).one()
         claims = conn.execute(text(
             "SELECT s.stage, coalesce(sum((w.attempts->>s.stage)::int), 0), "
             "coalesce(sum(greatest((w.attempts->>s.stage)::int - 1, 0)), 0), "
@@ -426,7 +437,7 @@ def _check(url: str, email: str, expected: set[str]) -> dict[str, Any]:
         "contact_counter_drift": int(counter_drift), "thread_count_drift": int(thread_drift),
         "runs": [{"id": r.id, "status": r.status, "error": r.error} for r in runs],
         "windows": {"total": windows[0], "finished": windows[1], "new_messages": windows[2],
-                    "duplicates": windows[3]},
+                    "duplicates": windows[3], "ids_listed": windows[4]},
         "claims": {stage: {"claims": int(total), "extra": int(extra), "windows_claimed_again": int(again)}
                    for stage, total, extra, again in claims},
         "failures": [{"stage": f[0], "class": f[1], "count": f[2], "example": f[3]} for f in failures],
@@ -457,15 +468,18 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("windows finished / total", f"{r['windows']['finished']} / {r['windows']['total']}"),
         ("wall time, s", str(r["wall_seconds"])),
         ("SIGKILLs: pool children / main processes", f"{r['kills']['child']} / {r['kills']['main']}"),
+        ("worker main processes that exited on their own (restarted)",
+         str(r["kills"]["mains_replaced"] - r["kills"]["main"])),
         ("Redis restart: at s / outage s", f"{r['redis']['at_seconds']} / {r['redis']['outage_seconds']}"),
         ("PostgreSQL restart: at s / outage s",
          f"{r['postgres']['at_seconds']} / {r['postgres']['outage_seconds']}"),
         ("stage claims beyond the first (ingest, normalize, contacts, insight)",
          ", ".join(str(claims.get(s, {}).get("extra", 0)) for s in ("ingest", "normalize", "contacts", "insight"))),
         ("windows re-sent by the driver", str(r["redispatched_windows"])),
-        ("messages.get served / messages", f"{r['gets_served']} / {r['expected']}"),
+        ("messages.get served / ids listed", f"{r['gets_served']} / {r['windows'].get('ids_listed', '?')}"),
         ("worker log: tasks lost with a killed child (requeued at once)", str(log["tasks_lost_with_child"])),
-        ("worker log: mains down on a child killed at pool start", str(log["pool_start_failed"])),
+        ("worker log: unrecoverable errors (of which a child killed at pool start)",
+         f"{log['unrecoverable']} ({log['pool_start_failed']})"),
         ("worker log: broker connection lost / task retries",
          f"{log['broker_lost']} / {log['task_retry']}"),
         ("tasks that raised (by class)",

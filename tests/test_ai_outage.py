@@ -142,10 +142,10 @@ def test_ai_down_then_up_enrichment_resumes_by_itself(engine: Engine, ai_server:
 
 def test_an_embed_task_past_its_soft_limit_keeps_its_progress_and_the_rest_is_requeued(
         engine: Engine, ai_server: OpenAIServer, ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
-    # A slow endpoint (0.25 s a request, 2 texts each) and an 8 s embed limit: one window's embedding
-    # takes several tasks, each keeping the slices it committed.
+    # A slow endpoint (0.25 s a request, 1 text each: ~15 s for the window) and an 8 s embed limit:
+    # one window's embedding takes several tasks, each keeping the slices it committed.
     ai_server.faults.update(down=False, latency=0.25)
-    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_AI_EMBED_BATCH_SIZE": "2",
+    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_AI_EMBED_BATCH_SIZE": "1",
            "MAILPIPE_TIMEOUT_EMBED_BASE": "8", "MAILPIPE_TIMEOUT_EMBED_PER_UNIT": "0", "MAILPIPE_MAX_DELIVERIES": "20"}
     worker = _Process(["worker", "-Q", "ingest,normalize,ai", "-c", "2", "--pool", "prefork", "-l", "INFO",
                        "-n", f"soft-limit-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],

@@ -20,7 +20,9 @@ from pipeline.importing import import_mbox
 from pipeline.resilience.breakers import REDIS_PREFIX as BREAKER_PREFIX
 from pipeline.resilience.breakers import breaker_states
 from pipeline.resilience.classify import ERROR_CLASSES, is_retried
+from pipeline.resilience.quota import CostTable, RedisQuotaBudget
 from pipeline.settings import Settings
+from pipeline.sources.gmail import FetchOutcome, GmailClient, GmailConfig, Profile
 from pipeline.stages.ingest import identify
 from pipeline.syncing import SyncSummary, sync_account
 from pipeline.testing.gmail_mailbox import FakeMailbox
@@ -226,10 +228,42 @@ def test_a_429_storm_pauses_and_then_finishes(gmail: GmailServer, engine: Engine
     assert stats["rate_limited"] > 0
     # Once a 429 has reached the client, no worker of the account calls again before the time it named
     # (calls already on their way when it was sent are not counted: see GmailServer.deliver).
-    print("STORM", {k: stats[k] for k in ("rate_limited", "calls_during_pause", "calls", "batch_items")})
     assert stats["calls_during_pause"] == 0, stats
     assert permanent_failures(engine, account_id) == []
     assert_exact(engine, account_id, gmail.mailbox(EMAIL))
+
+
+def test_a_429_pauses_the_account_before_the_batch_is_saved(redis_url: str, redis_prefix: str) -> None:
+    """Two workers of one account, on the real client and a shared Redis budget: while the first saves
+    the batch that came back with 429s, the second must already be held by the pause."""
+    box = FakeMailbox.from_generated(EMAIL, 15, seed=5)
+    regime = QuotaRegime.legacy(per_user_per_minute=50, window_seconds=3)  # 10 gets per 3 s
+    budget = RedisQuotaBudget(redis.Redis.from_url(redis_url), 1000.0, 250.0, prefix=redis_prefix)
+    with GmailServer(box, quota=regime) as server:
+
+        def worker() -> GmailClient:
+            grant = OAuthGrant(refresh_token=server.issue_refresh_token(EMAIL), client_id="cid",
+                               client_secret="secret", token_uri=server.token_uri)
+            return GmailClient(grant, GmailConfig(server.base_url, 10.0, 50, 100), budget, CostTable.legacy(),
+                               "account:1")
+
+        first, second = worker(), worker()
+        profiles: list[Profile] = []
+        other = threading.Thread(target=lambda: profiles.append(second.profile()))
+        saved: list[str] = []
+
+        def save(outcome: FetchOutcome) -> None:
+            if other.ident is None:  # the first batch, refused in part: another worker calls while it is saved
+                other.start()
+                other.join(0.5)
+            saved.extend(m.id for m in outcome.fetched)
+
+        first.fetch(box.ids(), save)
+        other.join(30)
+        stats = server.stats(EMAIL)
+    assert sorted(saved) == sorted(box.ids()) and len(profiles) == 1
+    assert stats["rate_limited"] > 0
+    assert stats["calls_during_pause"] == 0, stats
 
 
 def test_a_message_deleted_between_list_and_get_is_recorded_as_gone(gmail: GmailServer, engine: Engine) -> None:

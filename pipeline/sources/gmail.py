@@ -13,7 +13,7 @@ import base64
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -237,7 +237,7 @@ class GmailClient:
         size = self.config.batch_size
         while pending:
             chunk, pending = pending[:size], pending[size:]
-            retry, worst, retry_after = self._fetch_batch(chunk, on_batch)
+            retry, worst = self._fetch_batch(chunk, on_batch, attempts)
             if not retry:
                 size = min(self.config.batch_size, size * 2)  # recover after a rate error passed
                 continue
@@ -251,10 +251,11 @@ class GmailClient:
             # Failed items go behind the fresh ones: a 5xx blip costs no waiting while other work
             # remains; only an item failing again waits (backoff by its own attempts).
             pending = pending + retry
-            self._sleep(self._wait(worst, retry_after, max(attempts[mid] for mid in retry) - 1))
+            self._sleep(self._wait(worst, max(attempts[mid] for mid in retry) - 1))
 
-    def _fetch_batch(self, chunk: list[str], on_batch: OnBatch) -> tuple[list[str], str, float]:
-        """One batch; returns (ids to retry, their worst class, the server's Retry-After or 0)."""
+    def _fetch_batch(self, chunk: list[str], on_batch: OnBatch,
+                     attempts: Mapping[str, int]) -> tuple[list[str], str]:
+        """One batch; returns (ids to retry, their worst class). `attempts`: the ids' failed attempts so far."""
         from googleapiclient.http import BatchHttpRequest
 
         outcome = FetchOutcome()
@@ -285,10 +286,13 @@ class GmailClient:
             else:
                 outcome.failed[request_id] = _reason(exc)
 
-        self._spend("messages.get", len(chunk))
         batch = BatchHttpRequest(callback=collect, batch_uri=self.config.batch_uri)
         for mid in chunk:
             batch.add(self._users().messages().get(userId="me", id=mid, format="raw"), request_id=mid)
+        # Spent once the batch is built, just before it is sent: a pause another worker sets meanwhile
+        # then still holds this one back.
+        self._spend("messages.get", len(chunk))
+
         def execute() -> None:
             batch.execute()
             if len(retry) == len(chunk) and all(c in (TRANSIENT, "timeout") for c in classes):
@@ -315,12 +319,16 @@ class GmailClient:
             retry_after = self._retry_after(exc) or 0.0
             if _unserved(exc):
                 unserved = list(chunk)
+        if RATE_LIMIT in classes or QUOTA in classes:
+            # At once: refunding the refused calls and saving the batch take time, and the refund gives
+            # tokens back, that another worker of the account would spend calling while Gmail says to wait.
+            self._pause(_worst(classes), retry_after, max(attempts.get(mid, 0) for mid in retry))
         self._refund("messages.get", len(unserved))
         on_batch(outcome)
         if not retry:
             self.budget.adapt_rate(self.key, "success")
-            return [], "", 0.0
-        return retry, _worst(classes), retry_after
+            return [], ""
+        return retry, _worst(classes)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -350,13 +358,15 @@ class GmailClient:
                 self._refund(method, 1)
                 raise
             except Exception as exc:
+                error_class = classify(exc)
+                if error_class in (RATE_LIMIT, QUOTA):
+                    self._pause(error_class, self._retry_after(exc) or 0.0, attempt)  # before the refund
                 if _unserved(exc):
                     self._refund(method, 1)
-                error_class = classify(exc)
                 if error_class not in (TRANSIENT, RATE_LIMIT, QUOTA, "timeout"):
                     raise GmailError(f"{method}: {_reason(exc)}", error_class) from exc
                 log.info("gmail %s: %s (attempt %d); retrying", method, error_class, attempt + 1)
-                self._sleep(self._wait(error_class, self._retry_after(exc) or 0.0, attempt))
+                self._sleep(self._wait(error_class, attempt))
         raise GmailError(f"{method}: no success after {MAX_ATTEMPTS} attempts", TRANSIENT)
 
     def _through_breaker(self, call: Callable[[], Any]) -> Any:
@@ -366,18 +376,18 @@ class GmailClient:
         headers = {str(k).lower(): str(v) for k, v in dict(getattr(exc, "resp", {}) or {}).items()}
         return retry_after_seconds(headers, http_error_parts(exc)[2], datetime.now(UTC))
 
-    def _wait(self, error_class: str, retry_after: float, attempt: int) -> float:
+    def _pause(self, error_class: str, retry_after: float, attempt: int) -> None:
+        """A rate-limit or quota answer: the moment it arrives, pause the whole account (every worker of it,
+        not just us) until the server's time, then halve its steady rate until successes earn it back (AIMD).
+        `attempt` 0 is the first retry."""
+        backoff = backoff_seconds(error_class, min(attempt, 6), random.random()) or 0.0
+        self.budget.pause(self.key, time.time() + max(retry_after, backoff, 1.0))
+        self.budget.adapt_rate(self.key, "rate_limited")
+
+    def _wait(self, error_class: str, attempt: int) -> float:
         """Seconds to sleep before retrying; `attempt` 0 is the first retry."""
-        if error_class in (RATE_LIMIT, QUOTA):
-            # Account-wide: every worker of this account stops until the server's time, not just us,
-            # and the account's steady rate is halved until successes earn it back (AIMD).
-            self.budget.adapt_rate(self.key, "rate_limited")
-            backoff = backoff_seconds(error_class, min(attempt, 6), random.random()) or 0.0
-            wait = max(retry_after, backoff, 1.0)
-            self.budget.pause(self.key, time.time() + wait)
-            return 0.0  # the budget itself now holds everyone back
-        if attempt <= 0:
-            return 0.0
+        if error_class in (RATE_LIMIT, QUOTA) or attempt <= 0:
+            return 0.0  # a rate limit has paused the account (`_pause`): the budget holds everyone back
         return backoff_seconds(TRANSIENT, min(attempt - 1, 6), random.random()) or 0.0
 
 

@@ -542,7 +542,7 @@ class GmailServer(Served):
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.url
 
     @property
     def token_uri(self) -> str:

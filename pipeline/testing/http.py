@@ -175,7 +175,14 @@ class ServerThread:
 
 
 class Served:
-    """Context-manager use of a server with start() and stop()."""
+    """A server on `host`:`port` with start() and stop(): its `url`, and use as a context manager."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Any:
         raise NotImplementedError

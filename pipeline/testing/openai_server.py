@@ -459,10 +459,6 @@ class OpenAIServer(Served):
         self._http.stop()
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def base_url(self) -> str:
         """What the openai client takes as base_url."""
         return self.url + "/v1"
