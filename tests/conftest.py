@@ -96,38 +96,33 @@ def redis_broker(redis_url: str) -> str:
     return redis_url
 
 
-class WorkerProcess:
-    """A real `celery -A tasks worker` subprocess (prefork) on every queue."""
+class CeleryProcess:
+    """A real `celery -A tasks <command>` subprocess (worker or beat), in its own process group.
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    Ready when its log shows `ready` (a worker's "ready.", beat's "beat: Starting"): that works whatever
+    broker its environment names, unlike a control ping from this process's app.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str) -> None:
+        self.args, self.ready = args, ready
         self.env = {**os.environ, **env}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 90.0) -> None:
+        seen = len(self.log.read_text(errors="replace")) if self.log.exists() else 0
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "ingest,normalize,ai",
-                 "-c", self.env.get("MAILPIPE_WORKER_CONCURRENCY", "2"), "--pool", "prefork", "-l", "INFO",
-                 "-n", f"test-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
-                cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 90.0) -> None:
-        from tasks.app import app
-
+            self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", *self.args], cwd=ROOT,
+                                         env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early; log: {self.log.read_text()[-3000:]}")
-            if app.control.ping(timeout=0.5):
-                return
-        raise RuntimeError(f"worker not ready after {timeout} s; log: {self.log.read_text()[-3000:]}")
+        while self.ready not in self.log.read_text(errors="replace")[seen:]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery {self.args[0]} did not start; log: "
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
 
     def kill(self) -> None:
-        """SIGKILL the whole worker (main process and its children), as a crash would."""
+        """SIGKILL the whole process group (a worker's main process and its children), as a crash would."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -141,10 +136,17 @@ class WorkerProcess:
                 self.kill()
 
 
+def celery_worker(env: dict[str, str], log: Path, name: str = "test") -> CeleryProcess:
+    """A prefork worker on every stage queue (not started)."""
+    return CeleryProcess(["worker", "-Q", "ingest,normalize,ai", "-c", env.get("MAILPIPE_WORKER_CONCURRENCY", "2"),
+                          "--pool", "prefork", "-l", "INFO", "-n", f"{name}-{time.time_ns()}@%h",
+                          "--without-gossip", "--without-mingle"], env, log, ready="ready.")
+
+
 @pytest.fixture(scope="session")
 def worker(mailpipe_env: dict[str, str], redis_broker: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(mailpipe_env, tmp_path_factory.mktemp("worker") / "worker.log")
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryProcess]:
+    proc = celery_worker(mailpipe_env, tmp_path_factory.mktemp("worker") / "worker.log")
     proc.start()
     yield proc
     proc.stop()

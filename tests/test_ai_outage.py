@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 from pipeline.resilience.breakers import ai_breaker_name, breaker_states
 from pipeline.settings import Settings
 from pipeline.testing.openai_server import Faults, OpenAIServer
-from tests.conftest import REDIS_URL, delete_redis_prefix
+from tests.conftest import REDIS_URL, CeleryProcess, celery_worker, delete_redis_prefix
 from tests.oracle import mbox_facts
 
 pytestmark = pytest.mark.integration
@@ -35,26 +35,13 @@ def _other_db(url: str) -> str:
     return f"{base}/{(int(db) - 3) % 16 if db.isdigit() else 12}"  # 15 → 12 (13 is the quota bench's)
 
 
-class _Process:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str) -> None:
-        self.log = log
-        with log.open("ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", *args], cwd=ROOT, env=env,
-                                         stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while ready not in log.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{args[0]} did not start: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+def _import(env: dict[str, str], mbox: Path) -> dict[str, Any]:
+    """`mailpipe import --json` as its own process (this process's Celery app talks to another broker)."""
+    result = subprocess.run([sys.executable, "-m", "tasks.cli", "import", str(mbox), "--account", "me@example.com",
+                             "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(result.stdout)
+    return summary
 
 
 @pytest.fixture
@@ -80,18 +67,13 @@ def ai_env(mailpipe_env: dict[str, str], ai_server: OpenAIServer, tmp_path: Path
 def test_ai_down_then_up_enrichment_resumes_by_itself(engine: Engine, ai_server: OpenAIServer,
                                                      ai_env: dict[str, str], sample_mbox: Path,
                                                      tmp_path: Path) -> None:
-    worker = _Process(["worker", "-Q", "ingest,normalize,ai", "-c", "2", "--pool", "prefork", "-l", "INFO",
-                       "-n", f"ai-outage-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
-                      ai_env, tmp_path / "worker.log", ready="ready.")
-    beat = _Process(["beat", "-s", str(tmp_path / "beat-schedule"), "-l", "INFO", "--max-interval", "1"],
-                    ai_env, tmp_path / "beat.log", ready="beat: Starting")
+    worker = celery_worker(ai_env, tmp_path / "worker.log", name="ai-outage")
+    beat = CeleryProcess(["beat", "-s", str(tmp_path / "beat-schedule"), "-l", "INFO", "--max-interval", "1"],
+                         ai_env, tmp_path / "beat.log", ready="beat: Starting")
+    worker.start()
+    beat.start()
     try:
-        # The endpoint is down for the whole import.
-        result = subprocess.run([sys.executable, "-m", "tasks.cli", "import", str(sample_mbox), "--account",
-                                 "me@example.com", "--json"], cwd=ROOT, env=ai_env, capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        summary = json.loads(result.stdout)
+        summary = _import(ai_env, sample_mbox)  # the endpoint is down for the whole import
         facts = mbox_facts(sample_mbox)
         assert summary["status"] == "done" and summary["new_messages"] == facts.messages, summary
         assert summary["chunks_embedded"] == 0 and summary["failed_windows"] == 0
@@ -142,20 +124,16 @@ def test_ai_down_then_up_enrichment_resumes_by_itself(engine: Engine, ai_server:
 
 def test_an_embed_task_past_its_soft_limit_keeps_its_progress_and_the_rest_is_requeued(
         engine: Engine, ai_server: OpenAIServer, ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
-    # A slow endpoint (0.25 s a request, 1 text each: ~15 s for the window) and an 8 s embed limit:
-    # one window's embedding takes several tasks, each keeping the slices it committed.
-    ai_server.faults.update(down=False, latency=0.25)
-    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_AI_EMBED_BATCH_SIZE": "1",
-           "MAILPIPE_TIMEOUT_EMBED_BASE": "8", "MAILPIPE_TIMEOUT_EMBED_PER_UNIT": "0", "MAILPIPE_MAX_DELIVERIES": "20"}
-    worker = _Process(["worker", "-Q", "ingest,normalize,ai", "-c", "2", "--pool", "prefork", "-l", "INFO",
-                       "-n", f"soft-limit-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
-                      env, tmp_path / "worker.log", ready="ready.")
+    # A slow endpoint (0.4 s a request, 2 texts each): a 32-message slice takes ~8 s, the whole window
+    # ~13 s, and the embed limit is 10.5 s: one window's embedding takes two tasks, the first keeping
+    # the slice it committed.
+    ai_server.faults.update(down=False, latency=0.4)
+    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_AI_EMBED_BATCH_SIZE": "2",
+           "MAILPIPE_TIMEOUT_EMBED_BASE": "10.5", "MAILPIPE_TIMEOUT_EMBED_PER_UNIT": "0", "MAILPIPE_MAX_DELIVERIES": "20"}
+    worker = celery_worker(env, tmp_path / "worker.log", name="soft-limit")
+    worker.start()
     try:
-        result = subprocess.run([sys.executable, "-m", "tasks.cli", "import", str(sample_mbox), "--account",
-                                 "me@example.com", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        summary = json.loads(result.stdout)
+        summary = _import(env, sample_mbox)
         assert summary["status"] == "done" and summary["enrichment_owed"] == 0, summary
     finally:
         worker.stop()

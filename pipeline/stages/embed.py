@@ -19,7 +19,6 @@ from pipeline.embeddings import Embedder
 from pipeline.embeddings.chunking import chunk_text
 from pipeline.records import Chunk
 from pipeline.runs import StageClaim
-from pipeline.stages.normalize import window_messages
 from pipeline.storage.db import transaction
 from pipeline.storage.models import EmbeddingChunk, Message, Window, WindowItem
 
@@ -56,12 +55,6 @@ def embed_pending(engine: Engine, claim: StageClaim, tools: EmbeddingTools,
                 chunks_embedded=Window.chunks_embedded + embedded, updated_at=func.now()))
         total += embedded
     return total
-
-
-def embed_window(session: Session, claim: StageClaim, tools: EmbeddingTools) -> dict[str, int]:
-    """The whole window in the caller's transaction (the work of `run_stage`)."""
-    messages = [m for m in window_messages(session, claim.window_id, Message.embedded_at) if m.normalized_at]
-    return {"chunks_embedded": embed_messages(session, messages, tools)}
 
 
 def embed_messages(session: Session, messages: list[Message], tools: EmbeddingTools) -> int:
