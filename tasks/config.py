@@ -25,6 +25,8 @@ ROUTES = {
     "mailpipe.insight": {"queue": "ai"},
 }
 
+PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
+
 
 def broker_url_for(settings: Settings, database_url: str) -> str:
     """The configured broker, or kombu's SQLAlchemy transport on mailpipe's own database."""
@@ -54,6 +56,9 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
         "broker_url": broker,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
+        # Celery's default gives up a publish after about 0.6 s; a broker restart takes seconds, and a
+        # stage whose successors could not be sent waits for the driver's watchdog. This rides out ~35 s.
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_ignore_result": True,  # state lives in Postgres; no result backend is needed
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

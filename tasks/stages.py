@@ -6,10 +6,10 @@ import random
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from pipeline.resilience.breakers import BreakerOpenError
-from pipeline.resilience.classify import QUOTA, backoff_seconds
+from pipeline.resilience.classify import QUOTA, TRANSIENT, backoff_seconds, classify
 from pipeline.runs import StageClaim, claim_stage, skip_stage
 from pipeline.stages.contacts import contacts_window
 from pipeline.stages.embed import embed_pending
@@ -42,6 +42,23 @@ RESUMABLE_STAGES = frozenset({"ingest", "embed"})
 
 def _run(task: Task, window_id: int, stage: str, work: StageWork,
          prepare: StagePrepare | None = None) -> dict[str, Any]:
+    try:
+        return _run_stage(task, window_id, stage, work, prepare)
+    except (Retry, SoftTimeLimitExceeded):
+        raise
+    except Exception as exc:
+        # A database or broker restart met outside run_stage's classification (the claim, the
+        # workload query, the successors' publish). Repeating the task is safe: a stage already done
+        # is skipped and its successors are sent again. Without this the window waits for the
+        # driver's watchdog, minutes instead of seconds.
+        wait = backoff_seconds(TRANSIENT, task.request.retries, random.random())
+        if classify(exc) != TRANSIENT or wait is None:
+            raise
+        raise task.retry(countdown=wait, max_retries=None, exc=exc, **limit_options(stage, window_id)) from exc
+
+
+def _run_stage(task: Task, window_id: int, stage: str, work: StageWork,
+               prepare: StagePrepare | None) -> dict[str, Any]:
     engine, settings = context.engine(), context.settings()
     owed = stage_units(engine, settings, window_id, stage) if stage in RESUMABLE_STAGES else 0.0
     try:

@@ -129,7 +129,8 @@ def test_an_embed_task_past_its_soft_limit_keeps_its_progress_and_the_rest_is_re
     # the slice it committed.
     ai_server.faults.update(down=False, latency=0.4)
     env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_AI_EMBED_BATCH_SIZE": "2",
-           "MAILPIPE_TIMEOUT_EMBED_BASE": "10.5", "MAILPIPE_TIMEOUT_EMBED_PER_UNIT": "0", "MAILPIPE_MAX_DELIVERIES": "20"}
+           "MAILPIPE_TIMEOUT_EMBED_BASE": "10.5", "MAILPIPE_TIMEOUT_EMBED_PER_UNIT": "0",
+           "MAILPIPE_MAX_DELIVERIES": "20"}
     worker = celery_worker(env, tmp_path / "worker.log", name="soft-limit")
     worker.start()
     try:

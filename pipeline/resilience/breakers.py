@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.resilience.classify import TIMEOUT, TRANSIENT, ClassifiedError, classify
-from pipeline.resilience.quota import shared_redis_url
+from pipeline.resilience.shared_redis import shared_redis_client, shared_redis_url
 from pipeline.settings import Settings
 from pipeline.storage.models import CircuitBreakerRecord
 
@@ -437,13 +437,9 @@ def breakers_for(settings: Settings, engine: Engine) -> Breakers:
         found = _cache.get(key)
         if found is not None:
             return found
-        store: BreakerStore
-        if url is None:
-            store = PostgresBreakerStore(engine)
-        else:
-            # No decode_responses: pybreaker's storage decodes bytes itself.
-            client = redis.Redis.from_url(url, socket_timeout=10, socket_keepalive=True, health_check_interval=30)
-            store = RedisBreakerStore(client)
+        store: BreakerStore = (
+            PostgresBreakerStore(engine) if url is None else RedisBreakerStore(shared_redis_client(url))
+        )
         breakers = Breakers(store, fail_max=settings.breaker_fail_max, reset_seconds=settings.breaker_reset_seconds)
         _cache[key] = breakers
         return breakers

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from pipeline.errors import MailpipeError, ParseError
 
 TRANSIENT, RATE_LIMIT, QUOTA, TIMEOUT = "transient", "rate_limit", "quota", "timeout"
@@ -102,7 +104,7 @@ def classify(exc: BaseException) -> str:
     if type(exc).__name__ == "SoftTimeLimitExceeded":
         # Celery's soft time limit (billiard's class); matched by name so pipeline/ needs no Celery.
         return TIMEOUT
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, ConnectionError) or _is_redis_outage(exc):
         return TRANSIENT
     google = _classify_google(exc)
     if google is not None:
@@ -111,6 +113,15 @@ def classify(exc: BaseException) -> str:
     if remote_ai is not None:
         return remote_ai
     return _classify_database(exc)
+
+
+def _is_redis_outage(exc: BaseException) -> bool:
+    """redis-py's ConnectionError and TimeoutError do not derive from the builtins of that name.
+
+    Both mean the shared-state Redis is restarting or unreachable: the call never reached the
+    remote service, so it is worth repeating (its own timeout is not the remote call's).
+    """
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
 
 
 def _classify_google(exc: BaseException) -> str | None:

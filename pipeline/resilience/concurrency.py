@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import redis
 
 from pipeline.resilience.classify import RATE_LIMIT, TIMEOUT, TRANSIENT, ClassifiedError, classify
-from pipeline.resilience.quota import shared_redis_url
+from pipeline.resilience.shared_redis import shared_redis_client, shared_redis_url
 from pipeline.settings import Settings
 
 T = TypeVar("T")
@@ -375,8 +375,6 @@ def limiter_for(settings: Settings, name: str = "ai", policy: ConcurrencyPolicy 
             if url is None:
                 limiter = LocalConcurrencyLimiter(name, policy)
             else:
-                client = redis.Redis.from_url(url, socket_timeout=10, socket_keepalive=True,
-                                              health_check_interval=30)
-                limiter = RedisConcurrencyLimiter(client, name, policy)
+                limiter = RedisConcurrencyLimiter(shared_redis_client(url), name, policy)
             _cache[(url, name, policy)] = limiter
         return limiter

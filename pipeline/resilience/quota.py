@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.types import Float
 
 from pipeline.errors import ConfigError, MailpipeError
+from pipeline.resilience.shared_redis import shared_redis_client, shared_redis_url
 from pipeline.settings import Settings
 from pipeline.storage.models import QuotaBucket
 
@@ -477,15 +478,6 @@ def _check_event(event: str) -> None:
 # ---------------------------------------------------------------- choosing one
 
 
-def shared_redis_url(settings: Settings) -> str | None:
-    """Redis for shared state: the explicit one, else the broker when it is Redis."""
-    if settings.redis_url:
-        return settings.redis_url
-    if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
-        return settings.broker_url
-    return None
-
-
 BURST_SHARE = 0.02  # the largest batch, as a share of a minute's quota
 
 
@@ -520,9 +512,7 @@ def budget_for(settings: Settings, engine: Engine) -> QuotaBudget:
     url = shared_redis_url(settings)
     if url is None:
         return PostgresQuotaBudget(engine, rate, capacity)
-    # Keepalive and health checks: a silently dead connection would stall every worker of the account.
-    client = redis.Redis.from_url(url, socket_timeout=10, socket_keepalive=True, health_check_interval=30)
-    return RedisQuotaBudget(client, rate, capacity)
+    return RedisQuotaBudget(shared_redis_client(url), rate, capacity)
 
 
 # ---------------------------------------------------------------- server hints
