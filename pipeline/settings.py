@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     gmail_batch_size: int = Field(default=50, ge=1, le=50, description="Calls per batch request (Gmail: ≤ 50).")
     gmail_list_page_size: int = Field(default=500, ge=1, le=500)
     gmail_timeout: float = Field(default=30.0, gt=0, description="Seconds per Gmail HTTP request.")
+    gmail_fetch_attachments: bool = Field(
+        default=False, description="Download attachment bodies (format=raw). Off: format=full without them; "
+        "attachments are still recorded by name, type and size, at the same quota cost."
+    )
     gmail_catchup_margin_days: int = Field(
         default=2, ge=0, description="An expired cursor or a Takeout backfill is caught up from this many days "
         "before the newest message we hold (dates in `after:` are whole days; clocks and time zones differ)."

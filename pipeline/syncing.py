@@ -11,6 +11,7 @@ The cursor moves forward only, to the snapshot, and only when every window inges
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -118,10 +119,17 @@ def sync_account(
                 listed = driver.feed(_unknown(engine, account_id, [[*delta.added.values(), *delta.revealed()]]))
         if plan.mode in ("full", "catchup"):
             seen: set[str] = set()
-            pages = _remember(client.list_pages(plan.query), seen)
+            pages: Iterable[list[MessageRef]] = _remember(client.list_pages(plan.query), seen)
+            everything: set[str] = set()
+            if plan.mode == "catchup":
+                # The expired cursor took its history along: what changed before the `after:` range
+                # (an old message deleted, or brought back from the trash) shows only in a listing of
+                # everything. Ids only, one call per 500, after the recent range the user wants first.
+                rest = (_without(page, seen) for page in _remember(client.list_pages(), everything))
+                pages = itertools.chain(pages, rest)
             listed = driver.feed(_unknown(engine, account_id, pages))
-            if plan.query is not None:
-                deleted = _delete_unlisted(engine, account_id, seen, plan.query, settings)
+            if plan.mode == "catchup":
+                deleted = _delete_vanished(engine, account_id, client, everything, settings)
         progress = driver.wait()
     except GmailError as exc:
         if exc.error_class == AUTH:
@@ -146,12 +154,6 @@ def _account_state(engine: Engine, account_id: int) -> tuple[str, int | None, da
         return account.email, account.history_id, newest
 
 
-def _remember(pages: Iterable[list[MessageRef]], seen: set[str]) -> Iterator[list[MessageRef]]:
-    for page in pages:
-        seen.update(r.id for r in page)
-        yield page
-
-
 def _unknown(engine: Engine, account_id: int, pages: Iterable[list[MessageRef]]) -> Iterator[RawMessage]:
     """Refs whose Gmail id we do not hold yet, as window items to fetch."""
     for page in pages:
@@ -170,19 +172,30 @@ def _known_gmail_ids(engine: Engine, account_id: int, gmail_ids: list[str]) -> s
         ).scalars())
 
 
-def _delete_unlisted(engine: Engine, account_id: int, listed: set[str], query: str, settings: Settings) -> int:
-    """Within a catch-up's date range the listing is complete: what we hold and it lacks was deleted.
+def _remember(pages: Iterable[list[MessageRef]], seen: set[str]) -> Iterator[list[MessageRef]]:
+    for page in pages:
+        seen.update(r.id for r in page)
+        yield page
 
-    Only messages a day inside the range are judged, since Gmail's date and the Date header differ.
+
+def _without(page: list[MessageRef], seen: set[str]) -> list[MessageRef]:
+    return [r for r in page if r.id not in seen]
+
+
+def _delete_vanished(engine: Engine, account_id: int, client: GmailClient, listed: set[str],
+                     settings: Settings) -> int:
+    """After a catch-up: delete what we hold that the listing of every id lacks and Gmail confirms gone.
+
+    A held id missing from the listing is deleted only once a minimal get answers 404, so a listing
+    that shifted under concurrent changes can never cost a message.
     """
-    since = datetime.fromtimestamp(int(query.split(":", 1)[1])).astimezone() + timedelta(days=1)
     with transaction(engine) as s:
         held = set(s.execute(
-            select(Message.gmail_id).where(Message.account_id == account_id, Message.gmail_id.is_not(None),
-                                           Message.sent_at >= since)
+            select(Message.gmail_id).where(Message.account_id == account_id, Message.gmail_id.is_not(None))
         ).scalars())
-    return delete_messages(engine, account_id, {g for g in held if g and g not in listed},
-                           settings.contact_half_life_days)
+    unlisted = sorted(g for g in held if g and g not in listed)
+    gone = client.gone(unlisted) if unlisted else set()
+    return delete_messages(engine, account_id, gone, settings.contact_half_life_days)
 
 
 def _set_run_history(engine: Engine, run_id: int, history_id: int) -> None:

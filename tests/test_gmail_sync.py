@@ -171,6 +171,31 @@ def test_expired_cursor_catches_up_without_skipping(gmail: GmailServer, engine: 
     assert summary.history_id == box.history_id
 
 
+def test_a_catch_up_sees_changes_older_than_its_range(gmail: GmailServer, engine: Engine) -> None:
+    account_id = _connect(engine, gmail)
+    assert _sync(engine, account_id).status == "done"
+    box = gmail.mailbox(EMAIL)
+    oldest, restored = box.ids()[-1], box.ids()[-2]
+    box.modify_labels(restored, add=["TRASH"])
+    assert _sync(engine, account_id).mode == "incremental"
+    assert conn_scalar(engine, "SELECT count(*) FROM messages WHERE gmail_id = :g", g=restored) == 0
+    # While the cursor expires: an old message deleted, the trashed one brought back.
+    box.delete(oldest)
+    box.modify_labels(restored, remove=["TRASH"])
+    box.expire_history(keep_last=0)
+    gmail.reset_stats()
+
+    summary = _sync(engine, account_id)
+    assert summary.mode == "catchup" and summary.status == "done", summary
+    assert summary.deleted == 1 and summary.new_messages == 1
+    assert_exact(engine, account_id, box)
+    # Gets: the restored message, the unlisted id (confirmed gone before it was deleted), and the
+    # sample's second copy of a Message-ID, which is stored once and so never counts as held.
+    copies = len(_visible(box)) - len({identify(box.get(i).raw)[0] for i in _visible(box)})
+    assert copies == 1
+    assert gmail.stats(EMAIL)["calls"].get("messages.get", 0) == 2 + copies
+
+
 @pytest.mark.parametrize("error_rate", [0.2, 0.3])
 def test_batch_partial_failures_lose_nothing(gmail: GmailServer, engine: Engine, error_rate: float) -> None:
     gmail.faults = Faults(error_rate=error_rate, seed=3)

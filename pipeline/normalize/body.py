@@ -165,6 +165,9 @@ def _decode_text(part: Message, ctype: str, defects: list[str]) -> str:
 
 # --- attachments ----------------------------------------------------------------------------
 
+# Set on an attachment part whose body was not downloaded (pipeline.sources.gmail_payload): its size.
+ATTACHMENT_SIZE_HEADER = "X-Mailpipe-Attachment-Size"
+
 
 def _is_attachment(part: Message, ctype: str) -> bool:
     if ctype in _IGNORED_SIGNATURES:
@@ -208,6 +211,9 @@ def _raw_filename(part: Message) -> str:
 
 
 def _size(part: Message) -> int:
+    withheld = part.get(ATTACHMENT_SIZE_HEADER)
+    if withheld is not None and str(withheld).strip().isdigit():
+        return int(str(withheld).strip())  # fetched without its body (Gmail format=full): Gmail's size
     data = part.get_payload(decode=True)
     if isinstance(data, bytes):
         return len(data)

@@ -30,6 +30,8 @@ _ADDR = r"[^<>\s\"(),:;@\\]+@[^<>\s\"(),:;@\\]+"
 _SIMPLE_ENTRY = rf"(?:[A-Za-z0-9 ._'-]*<{_ADDR}>|{_ADDR})"
 _SIMPLE_ADDRESS_LIST_RE = re.compile(rf"\s*{_SIMPLE_ENTRY}(?:\s*,\s*{_SIMPLE_ENTRY})*\s*,?\s*")
 MAX_MESSAGE_ID_LENGTH = 998  # RFC 5322's line limit; anything longer is not an id
+# Two encoded words with only whitespace between them: the whitespace is not text (RFC 2047 §6.2).
+_ADJACENT_WORDS_RE = re.compile(r"\?=\s+=\?")
 
 
 @dataclass(slots=True)
@@ -114,6 +116,8 @@ def _addresses(msg: Message, name: str, values: list[str], defects: list[str]) -
     else:
         if any("(" in v for v in values):
             found = _names_from_comments(found, values, title, defects)
+        if any(_ADJACENT_WORDS_RE.search(v) for v in values):
+            found = _names_from_words(found, values, title, defects)
     return [a for a in found if "@" in a.email]
 
 
@@ -123,6 +127,16 @@ def _names_from_comments(
     """Old archives write "bob@example.com (Bob Smith)"; the registry drops the comment name."""
     names = {a.email: a.name for a in _addresses_compat32(values, title, defects)}
     return [a if a.name else Address(names.get(a.email, ""), a.email) for a in found]
+
+
+def _names_from_words(found: list[Address], values: list[str], title: str, defects: list[str]) -> list[Address]:
+    """A name split over adjacent encoded words ("=?UTF-8?Q?..._=D0=9C?= =?UTF-8?Q?=D0=BE...?=").
+
+    RFC 2047 §6.2: the space between them is not part of the text, but the registry's address parser
+    keeps it, splitting a word ("М орозова"). decode_header joins them as the RFC says.
+    """
+    names = {a.email: a.name for a in _addresses_compat32(values, title, defects) if a.name}
+    return [Address(names.get(a.email, a.name), a.email) for a in found]
 
 
 def _addresses_compat32(values: list[str], title: str, defects: list[str]) -> list[Address]:

@@ -34,6 +34,7 @@ from pipeline.resilience.classify import (
 )
 from pipeline.resilience.quota import CostTable, QuotaBudget, retry_after_seconds
 from pipeline.settings import Settings
+from pipeline.sources.gmail_payload import message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,16 @@ class GmailConfig:
     timeout: float
     batch_size: int
     page_size: int
+    fetch_attachments: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GmailConfig:
         return cls(settings.gmail_api_url, settings.gmail_timeout, settings.gmail_batch_size,
-                   settings.gmail_list_page_size)
+                   settings.gmail_list_page_size, settings.gmail_fetch_attachments)
+
+    @property
+    def message_format(self) -> str:
+        return "raw" if self.fetch_attachments else "full"
 
     @property
     def batch_uri(self) -> str:
@@ -226,8 +232,20 @@ class GmailClient:
 
     # ------------------------------------------------------------------ batch fetch
 
-    def fetch(self, ids: Sequence[str], on_batch: OnBatch) -> None:
-        """Fetch every id as raw through batches; `on_batch` receives each batch's outcome to persist.
+    def gone(self, ids: Sequence[str]) -> set[str]:
+        """Which of these ids Gmail no longer has (404 on a minimal get, the cheapest proof)."""
+        found: set[str] = set()
+
+        def collect(outcome: FetchOutcome) -> None:
+            found.update(outcome.gone)
+
+        self.fetch(ids, collect, fmt="minimal")
+        return found
+
+    def fetch(self, ids: Sequence[str], on_batch: OnBatch, *, fmt: str | None = None) -> None:
+        """Fetch every id through batches; `on_batch` receives each batch's outcome to persist.
+
+        `fmt`: the messages.get format, by default raw or full as configured (minimal has no bytes).
 
         Returns when every id was fetched, found gone, or failed permanently; raises GmailError when
         some could not be fetched after MAX_ATTEMPTS (those already handed to `on_batch` are kept).
@@ -237,7 +255,7 @@ class GmailClient:
         size = self.config.batch_size
         while pending:
             chunk, pending = pending[:size], pending[size:]
-            retry, worst = self._fetch_batch(chunk, on_batch, attempts)
+            retry, worst = self._fetch_batch(chunk, on_batch, attempts, fmt or self.config.message_format)
             if not retry:
                 size = min(self.config.batch_size, size * 2)  # recover after a rate error passed
                 continue
@@ -253,8 +271,8 @@ class GmailClient:
             pending = pending + retry
             self._sleep(self._wait(worst, max(attempts[mid] for mid in retry) - 1))
 
-    def _fetch_batch(self, chunk: list[str], on_batch: OnBatch,
-                     attempts: Mapping[str, int]) -> tuple[list[str], str]:
+    def _fetch_batch(self, chunk: list[str], on_batch: OnBatch, attempts: Mapping[str, int],
+                     fmt: str) -> tuple[list[str], str]:
         """One batch; returns (ids to retry, their worst class). `attempts`: the ids' failed attempts so far."""
         from googleapiclient.http import BatchHttpRequest
 
@@ -288,7 +306,8 @@ class GmailClient:
 
         batch = BatchHttpRequest(callback=collect, batch_uri=self.config.batch_uri)
         for mid in chunk:
-            batch.add(self._users().messages().get(userId="me", id=mid, format="raw"), request_id=mid)
+            batch.add(self._users().messages().get(userId="me", id=mid, format=fmt),
+                      request_id=mid)
         # Spent once the batch is built, just before it is sent: a pause another worker sets meanwhile
         # then still holds this one back.
         self._spend("messages.get", len(chunk))
@@ -406,8 +425,13 @@ def _build_service(grant: OAuthGrant, config: GmailConfig) -> Any:
 
 
 def _fetched(body: dict[str, Any]) -> FetchedMessage:
-    encoded = body["raw"]
-    raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
+    if "raw" in body:
+        encoded = body["raw"]
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
+    elif "payload" in body:
+        raw = message_bytes(body)
+    else:
+        raw = b""  # format=minimal: ids and labels only
     return FetchedMessage(
         id=body["id"],
         thread_id=body.get("threadId", body["id"]),

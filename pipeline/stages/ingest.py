@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ParseError
-from pipeline.normalize import message_key
+from pipeline.normalize import message_key, parse_message
 from pipeline.normalize.headers import parse_message_id
 from pipeline.records import ParsedMessage
 from pipeline.resilience.classify import TRANSIENT, ClassifiedError
@@ -31,8 +31,9 @@ def identify(raw: bytes) -> tuple[str, str | None]:
     if not headers.keys():
         raise ParseError("no header found")
     message_id = parse_message_id(headers.get("Message-ID"))
-    stub = ParsedMessage(message_id=message_id, subject="", from_=None)
-    return message_key(stub, raw), message_id
+    if message_id is not None:
+        return message_key(ParsedMessage(message_id=message_id, subject="", from_=None)), message_id
+    return message_key(parse_message(raw)), None  # rare: the key is a hash of the content
 
 def ingest_window(session: Session, claim: StageClaim) -> dict[str, int]:
     items = session.execute(

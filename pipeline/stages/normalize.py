@@ -51,7 +51,7 @@ def normalize_window(session: Session, claim: StageClaim) -> dict[str, int]:
                                                                      "acct": claim.account_id})
     touched: set[int] = set()
     for message, p in parsed:
-        thread_id = assign_thread(session, claim.account_id, p, message.message_key)
+        thread_id = assign_thread(session, claim.account_id, p)
         touched.add(thread_id)
         _store(session, message, p, thread_id, own)
     session.flush()
@@ -64,7 +64,7 @@ def own_addresses(session: Session, account_id: int) -> frozenset[str]:
     return frozenset(c for c in (canonical_email(a) for a in addresses) if c)
 
 
-def assign_thread(session: Session, account_id: int, p: ParsedMessage, key: str) -> int:
+def assign_thread(session: Session, account_id: int, p: ParsedMessage) -> int:
     """The thread of a message: Gmail's thread id, else the thread of a message it refers to, else its key."""
     if not p.gmail_thread_id:
         referenced = [r for r in [p.in_reply_to, *reversed(p.references)] if r]
@@ -80,8 +80,7 @@ def assign_thread(session: Session, account_id: int, p: ParsedMessage, key: str)
             ).scalar()
             if existing is not None:
                 return int(existing)
-    tkey = thread_key(p) if (p.gmail_thread_id or p.message_id or p.references or p.in_reply_to) \
-        else f"key:{key}"
+    tkey = thread_key(p)
     thread_id = session.execute(
         pg_insert(Thread)
         .values(account_id=account_id, thread_key=tkey, subject=p.subject or "")
