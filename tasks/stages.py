@@ -54,7 +54,11 @@ def _run(task: Task, window_id: int, stage: str, work: StageWork,
         wait = backoff_seconds(TRANSIENT, task.request.retries, random.random())
         if classify(exc) != TRANSIENT or wait is None:
             raise
-        raise task.retry(countdown=wait, max_retries=None, exc=exc, **limit_options(stage, window_id)) from exc
+        try:
+            limits = limit_options(stage, window_id)  # sized from the window: a database query
+        except Exception:
+            limits = {}  # the database is what is down: the configured limits serve this once
+        raise task.retry(countdown=wait, max_retries=None, exc=exc, **limits) from exc
 
 
 def _run_stage(task: Task, window_id: int, stage: str, work: StageWork,
