@@ -9,7 +9,7 @@ from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from pipeline.resilience.breakers import BreakerOpenError
-from pipeline.resilience.classify import QUOTA, TRANSIENT, backoff_seconds, classify
+from pipeline.resilience.classify import QUOTA, TRANSIENT, backoff_seconds, classify, outage_backoff_seconds
 from pipeline.runs import StageClaim, claim_stage, skip_stage
 from pipeline.stages.contacts import contacts_window
 from pipeline.stages.embed import embed_pending
@@ -51,7 +51,7 @@ def _run(task: Task, window_id: int, stage: str, work: StageWork,
         # workload query, the successors' publish). Repeating the task is safe: a stage already done
         # is skipped and its successors are sent again. Without this the window waits for the
         # driver's watchdog, minutes instead of seconds.
-        wait = backoff_seconds(TRANSIENT, task.request.retries, random.random())
+        wait = outage_backoff_seconds(task.request.retries, random.random())
         if classify(exc) != TRANSIENT or wait is None:
             raise
         try:

@@ -37,6 +37,7 @@ from pipeline.resilience.classify import (
     http_error_parts,
     is_retried,
     openai_error_class,
+    outage_backoff_seconds,
 )
 from pipeline.testing.openai_server import Faults, OpenAIServer
 
@@ -330,3 +331,16 @@ def test_classifying_does_not_import_openai_in_a_process_that_never_used_it() ->
             "print(classify(ValueError('x')), classify(ConnectionResetError()), 'openai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [PERMANENT, TRANSIENT, "False"]
+
+
+def test_outage_backoff_rides_out_a_restart_whatever_the_draws() -> None:
+    # Equal jitter: even the smallest draws wait half of each ceiling, ~95 s over the eight retries.
+    smallest = [outage_backoff_seconds(r, 0.0) for r in range(8)]
+    assert all(w is not None for w in smallest)
+    assert sum(w for w in smallest if w is not None) >= 95.0
+    assert outage_backoff_seconds(8, 0.5) is None  # the transient class's retries are spent
+    for r in range(8):
+        ceiling = backoff_seconds(TRANSIENT, r, 1.0)
+        wait = outage_backoff_seconds(r, 0.999)
+        assert ceiling is not None and wait is not None and ceiling / 2 <= wait <= ceiling
+

@@ -199,6 +199,17 @@ def _classify_database(exc: BaseException) -> str:
     return PERMANENT
 
 
+def outage_backoff_seconds(retries: int, rand: float) -> float | None:
+    """The wait before repeating a task that met a database or broker outage outside its stage's work.
+
+    The transient class's ceilings with equal jitter (half fixed, half random) instead of full jitter:
+    eight retries then span at least 95 s, so a restart of a few seconds is ridden out by every task,
+    where full jitter may spend them all in its first seconds. None once the class's retries are spent.
+    """
+    ceiling = backoff_seconds(TRANSIENT, retries, 1.0)
+    return None if ceiling is None else ceiling / 2 * (1.0 + rand)
+
+
 def backoff_seconds(error_class: str, retries: int, rand: float) -> float | None:
     """Seconds to wait before retry number `retries` + 1, or None when the class is not retried.
 
