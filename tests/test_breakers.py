@@ -113,6 +113,23 @@ def test_counts_as_failure(exc: BaseException, counts: bool) -> None:
     assert counts_as_failure(exc) is counts
 
 
+def test_our_own_soft_time_limit_is_not_the_endpoints_failure() -> None:
+    import httpx2
+    import openai
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    assert not counts_as_failure(SoftTimeLimitExceeded())
+    # What the openai client raises when the limit's signal lands inside a request: a connection error.
+    try:
+        try:
+            raise SoftTimeLimitExceeded()
+        except SoftTimeLimitExceeded as stop:
+            raise openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1/v1/embeddings")) from stop
+    except openai.APIConnectionError as wrapped:
+        assert not counts_as_failure(wrapped)
+    assert counts_as_failure(openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1/")))
+
+
 @pytest.mark.parametrize(
     ("url", "name"),
     [

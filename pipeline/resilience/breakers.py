@@ -40,7 +40,7 @@ from sqlalchemy import Engine, Float, cast, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.resilience.classify import TIMEOUT, TRANSIENT, ClassifiedError, classify
+from pipeline.resilience.classify import TIMEOUT, TRANSIENT, ClassifiedError, classify, is_interruption
 from pipeline.resilience.shared_redis import shared_redis_client, shared_redis_url
 from pipeline.settings import Settings
 from pipeline.storage.models import CircuitBreakerRecord
@@ -64,8 +64,11 @@ def ai_breaker_name(endpoint_url: str) -> str:
 
 
 def counts_as_failure(exc: BaseException) -> bool:
-    """Whether an exception is evidence of an outage: transient or timeout, and not our own refusal."""
-    return not isinstance(exc, BreakerOpenError) and classify(exc) in (TRANSIENT, TIMEOUT)
+    """Whether an exception is evidence of an outage: transient or timeout, and neither our own refusal
+    nor our own interruption (a task stopped at its soft time limit says nothing about the endpoint)."""
+    if isinstance(exc, BreakerOpenError) or is_interruption(exc):
+        return False
+    return classify(exc) in (TRANSIENT, TIMEOUT)
 
 
 class BreakerOpenError(ClassifiedError):

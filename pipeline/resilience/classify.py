@@ -93,6 +93,22 @@ def http_error_parts(exc: Any) -> tuple[int, str, str]:
     return status, reason, message
 
 
+def is_interruption(exc: BaseException) -> bool:
+    """Whether the error is, or wraps, our own stop (Celery's soft time limit), not the remote's doing.
+
+    Matched by name so pipeline/ needs no Celery; the openai client wraps whatever interrupts a
+    request in APIConnectionError, so the cause chain is followed.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if type(current).__name__ == "SoftTimeLimitExceeded":
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def classify(exc: BaseException) -> str:
     """Map an exception to its class. Unknown errors are permanent: retrying a bug changes nothing."""
     if isinstance(exc, ClassifiedError):
