@@ -31,6 +31,9 @@ from tasks.app import app
 from tasks.chains import dispatch_next, limit_options
 
 NOT_READY_COUNTDOWN = 2.0
+# Stage tasks are declared with max_retries=None: how often a class is retried is its policy's call
+# (pipeline.resilience.classify). Celery's own default of 3 would fail the 4th retry of any kind, and
+# `retry(max_retries=None)` does not lift it: there None means "the task's default".
 # Stages that call the AI endpoint. While it is out (breaker open, quota exhausted) they give the window
 # up at once instead of waiting: the run finishes, the next sync can start, and the enrichment sweep
 # resumes them when the endpoint is back (pipeline.enrichment).
@@ -58,7 +61,7 @@ def _run(task: Task, window_id: int, stage: str, work: StageWork,
             limits = limit_options(stage, window_id)  # sized from the window: a database query
         except Exception:
             limits = {}  # the database is what is down: the configured limits serve this once
-        raise task.retry(countdown=wait, max_retries=None, exc=exc, **limits) from exc
+        raise task.retry(countdown=wait, exc=exc, **limits) from exc
 
 
 def _run_stage(task: Task, window_id: int, stage: str, work: StageWork,
@@ -70,13 +73,13 @@ def _run_stage(task: Task, window_id: int, stage: str, work: StageWork,
                            interrupts=(SoftTimeLimitExceeded,))
         outcome = result.outcome
     except StageNotReady as exc:
-        raise task.retry(countdown=NOT_READY_COUNTDOWN, max_retries=None, exc=exc) from exc
+        raise task.retry(countdown=NOT_READY_COUNTDOWN, exc=exc) from exc
     except StageRetry as exc:
         outcome = _retry(task, window_id, stage, exc)
     except SoftTimeLimitExceeded:
         if stage in RESUMABLE_STAGES and stage_units(engine, settings, window_id, stage) < owed:
             # The redelivery cap (claims count every delivery) bounds how often this can happen.
-            raise task.retry(countdown=0, max_retries=None, **limit_options(stage, window_id)) from None
+            raise task.retry(countdown=0, **limit_options(stage, window_id)) from None
         fail_window_stage(engine, window_id, stage, "timeout", "soft time limit exceeded without progress")
         outcome = "failed"
     dispatch_next(stage, window_id)
@@ -93,16 +96,16 @@ def _retry(task: Task, window_id: int, stage: str, exc: StageRetry) -> str:
     if isinstance(exc.cause, BreakerOpenError):
         # The dependency is down for everyone: come back when its breaker lets a probe through.
         # Not counted against the class's retries; the redelivery cap still bounds the loop.
-        raise task.retry(countdown=exc.cause.retry_after, max_retries=None, exc=exc,
+        raise task.retry(countdown=exc.cause.retry_after, exc=exc,
                          **limit_options(stage, window_id)) from exc
     wait = backoff_seconds(exc.error_class, task.request.retries, random.random())
     if wait is None:
         fail_window_stage(engine, window_id, stage, exc.error_class, str(exc.cause)[:1000])
         return "failed"
-    raise task.retry(countdown=wait, max_retries=None, exc=exc, **limit_options(stage, window_id)) from exc
+    raise task.retry(countdown=wait, exc=exc, **limit_options(stage, window_id)) from exc
 
 
-@app.task(bind=True, name="mailpipe.ingest")
+@app.task(bind=True, name="mailpipe.ingest", max_retries=None)
 def ingest(self: Task, window_id: int) -> dict[str, Any]:
     def fetch(claim: StageClaim) -> None:
         # Gmail windows hold ids only: fetch the bytes first (a mailbox file's window has them).
@@ -117,18 +120,18 @@ def ingest(self: Task, window_id: int) -> dict[str, Any]:
     return _run(self, window_id, "ingest", ingest_window, prepare=fetch)
 
 
-@app.task(bind=True, name="mailpipe.normalize")
+@app.task(bind=True, name="mailpipe.normalize", max_retries=None)
 def normalize(self: Task, window_id: int) -> dict[str, Any]:
     return _run(self, window_id, "normalize", normalize_window)
 
 
-@app.task(bind=True, name="mailpipe.contacts")
+@app.task(bind=True, name="mailpipe.contacts", max_retries=None)
 def contacts(self: Task, window_id: int) -> dict[str, Any]:
     settings = context.settings()
     return _run(self, window_id, "contacts", lambda s, c: contacts_window(s, c, settings))
 
 
-@app.task(bind=True, name="mailpipe.embed")
+@app.task(bind=True, name="mailpipe.embed", max_retries=None)
 def embed(self: Task, window_id: int) -> dict[str, Any]:
     if context.settings().embedder == "none":
         claim = claim_stage(context.engine(), window_id, "embed")
@@ -144,6 +147,6 @@ def embed(self: Task, window_id: int) -> dict[str, Any]:
     return _run(self, window_id, "embed", lambda s, c: {}, prepare=embed_slices)
 
 
-@app.task(bind=True, name="mailpipe.insight")
+@app.task(bind=True, name="mailpipe.insight", max_retries=None)
 def insight(self: Task, window_id: int) -> dict[str, Any]:
     return _run(self, window_id, "insight", insight_window)
