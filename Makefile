@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench-memory bench-replies bench-chaos clean
+.PHONY: install demo test test-fast lint bench-memory bench-embed bench-replies bench-chaos bench-search clean
 
 install: $(STAMP)
 
@@ -32,8 +32,20 @@ lint: install
 bench-memory: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.memory
 
+# The embed stage against a bare sentence-transformers encode of the same texts, side by side (~5 minutes
+# on 2 cores). Figures: docs/PERFORMANCE.md.
+bench-embed: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.embed_throughput --messages 300 --rounds 5 --report docs/PERFORMANCE.md
+
 bench-replies: install
 	$(PY) -m bench.eval_replies
+
+# Search p50/p95/p99 at 100k messages (vectors from the project's OpenAI-compatible server; the import
+# takes about an hour on 2 cores, `--data DIR` keeps it for reruns), then recall@10 on a labelled query
+# set over 2k messages embedded with local MiniLM. Figures: docs/PERFORMANCE.md.
+bench-search: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.search --part latency --messages 100000 --report docs/PERFORMANCE.md
+	HF_HUB_OFFLINE=1 $(PY) -m bench.search --part quality --messages 2000 --report docs/PERFORMANCE.md
 
 # A 10k-message Gmail sync while workers are SIGKILLed every 10 s and Redis and PostgreSQL restart once
 # (needs redis-server on the PATH; ~10 minutes on 2 cores). Figures: docs/RELIABILITY.md.

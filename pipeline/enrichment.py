@@ -108,8 +108,8 @@ def sweep(engine: Engine, dispatch: Dispatch, *, endpoint_open: Callable[[], flo
 
 
 def endpoint_wait(settings: Settings, engine: Engine) -> float:
-    """Seconds until the configured AI endpoint's breaker lets a call through; 0 for a local model."""
-    if settings.embedder != "openai":
+    """Seconds until the configured AI endpoint's breaker lets a call through; 0 when nothing calls one."""
+    if settings.embedder != "openai" and settings.insights != "llm":
         return 0.0
     from pipeline.embeddings.remote import OPENAI_BASE_URL
     from pipeline.resilience.breakers import ai_breaker_name, breakers_for

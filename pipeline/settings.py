@@ -147,6 +147,40 @@ class Settings(BaseSettings):
         default=0.02, ge=0, description="Seconds per prompt token sent for insights."
     )
 
+    # LLM insights (DESIGN.md §6). The default follows the endpoint: configuring an AI base URL is the
+    # signal that mail may go to a model; without one insights stay rules-only unless asked for.
+    insights: Literal["rules", "llm"] = Field(
+        default_factory=lambda data: "llm" if data.get("ai_base_url") else "rules",
+        description="'rules' (header and keyword rules only) or 'llm' (chat completions on the AI endpoint, "
+        "rules still first for bulk mail); default: 'llm' when MAILPIPE_AI_BASE_URL is set, else 'rules'.",
+    )
+    ai_chat_model: str = Field(default="gpt-4o-mini", description="Chat model for LLM insights.")
+    insight_message_chars: int = Field(
+        default=2000, ge=100, description="Characters of each message's text sent to the LLM (the rest is cut)."
+    )
+    insight_thread_messages: int = Field(
+        default=20, ge=1, description="Most messages of one thread sent in one request (the latest ones); "
+        "older ones are said to be omitted."
+    )
+    insight_max_output_tokens: int = Field(
+        default=800, ge=64, description="Completion tokens one insight request may use (also what the budget "
+        "reserves for its answer before the call)."
+    )
+    ai_redact: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Redact secrets (keys, tokens, JWTs, card numbers, private keys) before "
+        "remote calls: 'auto' redacts unless the endpoint is on loopback (this machine)."
+    )
+    ai_price_input_per_million: float = Field(
+        default=0.15, ge=0, description="USD per 1M prompt tokens of ai_chat_model (gpt-4o-mini's list price)."
+    )
+    ai_price_output_per_million: float = Field(
+        default=0.60, ge=0, description="USD per 1M completion tokens of ai_chat_model."
+    )
+    ai_daily_budget_usd: float = Field(
+        default=1.0, ge=0, description="Most USD of LLM insight calls per account per UTC day; once spent, "
+        "insights wait (owed enrichment) for the next day. 0 allows no call."
+    )
+
     @property
     def pgdata(self) -> Path:
         return self.home / "pgdata"

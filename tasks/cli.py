@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.errors import BadInputError, ConfigError, MailpipeError, RunConflictError
 from pipeline.importing import ImportSummary, import_mbox
@@ -284,22 +285,30 @@ def sync(
 @app.command()
 def status(as_json: bool = JsonOpt) -> None:
     """Per account: messages, threads, contacts, chunks, insights, failures and recent runs."""
+    from pipeline.embeddings.reembed import chunks_by_model
     from pipeline.reports import status as status_report
     from pipeline.resilience.breakers import breaker_states
 
     settings = Settings()
     with runtime(settings) as rt:
         accounts = status_report(rt.engine)
+        models = chunks_by_model(rt.engine)
         breakers = [
             {"name": b.name, "state": b.state, "failures": b.failures,
              "opened_at": b.opened_at.isoformat() if b.opened_at else None, "retry_after": round(b.retry_after, 1)}
             for b in breaker_states(settings, rt.engine)
         ]
     if as_json:
-        _json({"accounts": accounts, "breakers": breakers})
+        _json({"accounts": accounts, "breakers": breakers, "chunks_by_model": models})
         return
     if not accounts:
         out.print("no account yet: mailpipe import PATH")
+    if models:
+        # Search compares only vectors of the current model: chunks of another one are invisible to it.
+        out.print("chunks by model: " + ", ".join(f"{m} {n}" for m, n in models.items()), highlight=False)
+        if len(models) > 1:
+            err.print("[yellow]several embedding models:[/yellow] `mailpipe reembed` embeds the rest with the "
+                      "configured one", highlight=False)
     for b in breakers:
         if b["state"] != "closed" or b["failures"]:
             wait = f", next probe in {b['retry_after']:.0f} s" if b["retry_after"] else ""
@@ -325,28 +334,50 @@ def status(as_json: bool = JsonOpt) -> None:
 def search(
     query: str = typer.Argument(...),
     limit: int = typer.Option(10, "--limit", min=1, max=200),
+    sender: str | None = typer.Option(None, "--from", help="A sender's address (exactly), or words of their "
+                                      "name or address, each matching the start of a word: 'jan' finds Jane Doe, "
+                                      "'globex' bob@globex.com (case-insensitive)."),
+    after: str | None = typer.Option(None, "--after", help="Sent on or after this day (YYYY-MM-DD, UTC)."),
+    before: str | None = typer.Option(None, "--before", help="Sent before this day (YYYY-MM-DD, UTC)."),
+    label: list[str] | None = typer.Option(None, "--label", help="Has this label (repeat: has all of them)."),
+    all_messages: bool = typer.Option(False, "--all-messages", help="Every matching message, not one per thread."),
     account: str | None = AccountOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Hybrid semantic + full-text search; one hit per thread."""
     from pipeline.embeddings import embedder_for
     from pipeline.reports import resolve_account
+    from pipeline.search import make_filters
     from pipeline.search import search as run_search
 
+    filters = make_filters(sender, after, before, label or [])  # bad input exits 2 before anything starts
     settings = Settings()
     with runtime(settings) as rt:
         account_id = resolve_account(rt.engine, account)[0] if account else None
         embedder = embedder_for(settings, rt.engine)
-        hits = run_search(rt.engine, query, account_id=account_id, limit=limit, embedder=embedder)
+        hits = run_search(rt.engine, query, account_id=account_id, limit=limit, embedder=embedder,
+                          filters=filters, per_thread=not all_messages)
     if as_json:
-        _json({"query": query, "hits": [h.as_dict() for h in hits]})
+        _json({"query": query, "filters": _filters_json(filters), "hits": [h.as_dict() for h in hits]})
         return
     table = Table(title=f"search: {query}", title_justify="left")
     for col in ("score", "date", "from", "subject", "snippet"):
         table.add_column(col, overflow="fold")
     for h in hits:
-        table.add_row(f"{h.score:.4f}", (h.date or "")[:10], h.from_, h.subject, h.snippet[:120])
+        table.add_row(f"{h.score:.4f}", (h.date or "")[:10], Text(h.from_), Text(h.subject), _marked(h.snippet))
     out.print(table)
+
+
+def _filters_json(filters: Any) -> dict[str, Any]:
+    return {"from": filters.sender, "after": filters.after, "before": filters.before, "labels": list(filters.labels)}
+
+
+def _marked(snippet: str) -> Text:
+    """The snippet with its «matched» words in bold; mail text is never read as rich markup."""
+    result = Text()
+    for i, part in enumerate(snippet.replace("»", "«").split("«")):
+        result.append(part, style="bold" if i % 2 else "")
+    return result
 
 
 @app.command()
@@ -378,25 +409,157 @@ def contacts(
 def insights(
     limit: int = typer.Option(20, "--limit", min=1, max=10_000),
     needs_reply: bool = typer.Option(False, "--needs-reply", help="Only threads waiting for your reply."),
+    category: str | None = typer.Option(None, "--category", help="Only threads of this category."),
     account: str | None = AccountOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Thread insights: category, needs-reply, summary, action items."""
-    from pipeline.reports import insights as insight_rows
+    """Thread insights: category, needs-reply, summary, action items (`mailpipe thread ID` shows one)."""
+    from pipeline.insights.views import insight_rows
     from pipeline.reports import resolve_account
 
     with runtime(Settings()) as rt:
         account_id, email = resolve_account(rt.engine, account)
-        rows = insight_rows(rt.engine, account_id, limit, "to_reply" if needs_reply else None)
+        rows = insight_rows(rt.engine, account_id, limit, needs_reply="to_reply" if needs_reply else None,
+                            category=category)
     if as_json:
         _json({"account": email, "insights": rows})
         return
     table = Table(title=f"insights for {email}", title_justify="left")
-    for col in ("thread", "category", "needs reply", "summary"):
+    for col in ("thread", "category", "needs reply", "summary", "actions", "source"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(str(r["thread_id"]), r["category"], r["needs_reply"], r["summary"][:140])
+        # Text(): summaries and actions come from mail (and a model); never read them as rich markup.
+        actions = "\n".join(_action_line(a) for a in r["action_items"][:3])
+        table.add_row(str(r["thread_id"]), r["category"], r["needs_reply"], Text(r["summary"][:240]),
+                      Text(actions), r["source"])
     out.print(table)
+
+
+def _action_line(item: dict[str, str]) -> str:
+    due = f" (due {item['due']})" if item.get("due") else ""
+    return f"- {item.get('who') or '?'}: {item.get('what', '')}{due}"
+
+
+@app.command()
+def thread(
+    thread_id: int = typer.Argument(..., help="A thread id, as `mailpipe insights` lists them."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """One thread: its summary, action items, category, needs-reply, and its messages."""
+    from pipeline.insights.views import thread_detail
+
+    with runtime(Settings()) as rt:
+        detail = thread_detail(rt.engine, thread_id)
+    if as_json:
+        _json(detail)
+        return
+    out.print(Text(f"thread {detail['thread_id']}: {detail['subject']} ({detail['message_count']} messages)",
+                   style="bold"))
+    insight = detail["insight"]
+    if insight is None:
+        out.print("no insight yet (the insight stage has not run for this thread)")
+    else:
+        out.print(Text(f"{insight['category']} · {insight['needs_reply']} · {insight['source']}"))
+        out.print(Text(insight["summary"]))
+        for item in insight["action_items"]:
+            out.print(Text(_action_line(item)))
+    for m in detail["messages"]:
+        sender = f"{m['from_name']} <{m['from']}>" if m["from_name"] else (m["from"] or "?")
+        out.rule(Text(f"{(m['date'] or '')[:16]}  {sender}{'  (me)' if m['from_me'] else ''}"), align="left")
+        out.print(Text(m["text"].strip() or "(no text)"))
+
+
+@app.command()
+def enrich(
+    estimate: bool = typer.Option(False, "--estimate", help="Print what enriching the pending mail with LLM "
+                                  "insights would cost; nothing is called."),
+    account: str | None = AccountOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """AI enrichment of the mail not enriched yet. With --estimate: threads, messages, tokens and cost."""
+    from pipeline.insights.estimate import estimate_pending
+    from pipeline.reports import resolve_account
+
+    if not estimate:
+        raise BadInputError("enrichment runs with every import and sync, and owed enrichment resumes by "
+                            "itself; `mailpipe enrich --estimate` prints what the pending part would cost")
+    settings = Settings()
+    with runtime(settings) as rt:
+        account_id = resolve_account(rt.engine, account)[0] if account else None
+        result = estimate_pending(rt.engine, settings, account_id)
+    if as_json:
+        _json(result.as_dict())
+        return
+    table = Table(title="insights pending (estimate; nothing was called)", title_justify="left", show_header=False)
+    rows = [
+        ("insights mode", f"{result.mode} ({result.model})" if result.mode == "llm" else result.mode),
+        ("messages pending", f"{result.messages_pending}" + (f" ({result.messages_not_normalized} not normalized "
+                                                             "yet, not counted)" if result.messages_not_normalized
+                                                             else "")),
+        ("threads pending", str(result.threads_pending)),
+        ("  rules only (bulk)", str(result.threads_rules)),
+        ("  already summarized", str(result.threads_covered)),
+        ("  LLM requests", f"{result.threads_llm} ({result.threads_incremental} incremental)"),
+        ("prompt tokens", f"{result.prompt_tokens:,}"),
+        ("completion tokens", f"~{result.completion_tokens:,}"),
+        ("cost", f"${result.cost_usd:.4f} (at most ${result.max_cost_usd:.4f})"),
+        ("daily budget per account", f"${result.daily_budget_usd:.2f}"),
+        ("secrets redacted", "yes" if result.redaction else "no"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+    if result.mode != "llm":
+        err.print("insights are rules-only (MAILPIPE_INSIGHTS=rules, or no MAILPIPE_AI_BASE_URL): no LLM call "
+                  "would be made; the figures show what MAILPIPE_INSIGHTS=llm would send")
+
+
+@app.command()
+def reembed(account: str | None = AccountOpt, as_json: bool = JsonOpt) -> None:
+    """Re-embed messages lacking chunks of the configured model, then drop the old model's chunks.
+
+    Runs in this process (no worker pool): it is one long job, not a window's stage. It commits every
+    few dozen messages, so after Ctrl-C running it again continues where it stopped.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipeline.embeddings.reembed import ReembedProgress, plan
+    from pipeline.embeddings.reembed import reembed as run_reembed
+    from pipeline.reports import resolve_account
+    from pipeline.stages.embed import tools_for
+
+    settings = Settings()
+    with runtime(settings) as rt:
+        account_id = resolve_account(rt.engine, account)[0] if account else None
+        tools = tools_for(settings, rt.engine)
+        if tools is None:
+            raise ConfigError("MAILPIPE_EMBEDDER is 'none': there is no model to re-embed with")
+        before = plan(rt.engine, tools.embedder.name, account_id)
+        try:
+            if as_json:
+                result = run_reembed(rt.engine, tools, account_id=account_id)
+            else:
+                err.print(f"model {before.model}: {before.messages} message(s) to embed; chunks now "
+                          f"{before.chunks_by_model or '{}'}", highlight=False)
+                columns = (TextColumn("reembed"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[chunks]} vectors"), TimeRemainingColumn())
+                with Progress(*columns, console=err) as bar:
+                    task = bar.add_task("reembed", total=before.messages, chunks=0)
+
+                    def tick(p: ReembedProgress) -> None:
+                        bar.update(task, total=p.total, completed=p.done, chunks=p.chunks_embedded)
+
+                    result = run_reembed(rt.engine, tools, account_id=account_id, on_progress=tick)
+        except KeyboardInterrupt:
+            err.print("interrupted; run `mailpipe reembed` again to continue (finished messages are kept)")
+            raise typer.Exit(130) from None
+        after = plan(rt.engine, tools.embedder.name, account_id)
+    if as_json:
+        _json({**result.as_dict(), "remaining": after.messages, "chunks_by_model": after.chunks_by_model})
+        return
+    out.print(f"re-embedded {result.done} message(s) with {result.model}: {result.chunks_embedded} vectors computed, "
+              f"{result.old_chunks_deleted} old chunks deleted in {result.seconds:.1f} s; chunks now "
+              f"{after.chunks_by_model or '{}'}", highlight=False)
 
 
 DEMO_ACCOUNT = "me@example.com"
@@ -424,8 +587,9 @@ def demo(
         _print_summary(summary)
     status(as_json=False)
     contacts(limit=10, account=DEMO_ACCOUNT, as_json=False)
-    search(query="invoice for March", limit=5, account=DEMO_ACCOUNT, as_json=False)
-    insights(limit=10, needs_reply=False, account=DEMO_ACCOUNT, as_json=False)
+    search(query="invoice for March", limit=5, sender=None, after=None, before=None, label=None,
+           all_messages=False, account=DEMO_ACCOUNT, as_json=False)
+    insights(limit=10, needs_reply=False, category=None, account=DEMO_ACCOUNT, as_json=False)
     out.print("\nTry: mailpipe search \"flight to Lisbon\"   mailpipe contacts   mailpipe status --json")
 
 

@@ -1,4 +1,5 @@
-"""Per-process resources for workers: settings, the engine, the embedder (made after fork, lazily)."""
+"""Per-process resources for workers: settings, the engine, the embedder, the insight LLM (made after fork,
+lazily)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from pipeline.settings import Settings, get_settings
-from pipeline.stages.embed import EmbeddingTools
+from pipeline.stages.embed import EmbeddingTools, tools_for
+from pipeline.stages.insight import InsightTools, insight_tools_for
 from pipeline.storage.db import database_url, engine_for
 
 
@@ -28,19 +30,19 @@ def engine() -> Engine:
 
 @cache
 def embedding_tools() -> EmbeddingTools:
-    from pipeline.embeddings import embedder_for
-    from pipeline.embeddings.chunking import load_tokenizer
-    from pipeline.embeddings.local import bundled_model_dir
-
     s = get_settings()
     # Worker children share the cores; one torch thread each keeps them from fighting.
     threads = max(1, (os.cpu_count() or 1) // max(1, s.worker_concurrency))
-    embedder = embedder_for(s, engine(), threads=threads)
-    if embedder is None:
+    tools = tools_for(s, engine(), threads=threads)
+    if tools is None:
         raise RuntimeError("embedding tools asked for with MAILPIPE_EMBEDDER=none")
-    # Chunks are sized with MiniLM's tokenizer for every model: a remote model's own tokenizer counts
-    # differently, but ~256 tokens stays far inside any embedding model's context.
-    return EmbeddingTools(embedder=embedder, tokenizer=load_tokenizer(bundled_model_dir()))
+    return tools
+
+
+@cache
+def insight_tools() -> InsightTools:
+    """The insight stage's settings and, in LLM mode, its chat model client (one per process)."""
+    return insight_tools_for(get_settings(), engine())
 
 
 _gmail_clients: dict[tuple[int, bytes], Any] = {}

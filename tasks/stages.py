@@ -15,7 +15,7 @@ from pipeline.stages.contacts import contacts_window
 from pipeline.stages.embed import embed_pending
 from pipeline.stages.fetch import fetch_window_for, ids_to_fetch
 from pipeline.stages.ingest import ingest_window
-from pipeline.stages.insight import insight_window
+from pipeline.stages.insight import insight_pending, insight_window, mark_insights
 from pipeline.stages.normalize import normalize_window
 from pipeline.stages.runner import (
     StageNotReady,
@@ -149,4 +149,12 @@ def embed(self: Task, window_id: int) -> dict[str, Any]:
 
 @app.task(bind=True, name="mailpipe.insight", max_retries=None)
 def insight(self: Task, window_id: int) -> dict[str, Any]:
-    return _run(self, window_id, "insight", insight_window)
+    tools = context.insight_tools()
+    if tools.llm is None:
+        return _run(self, window_id, "insight", insight_window)
+
+    def ask_llm(claim: StageClaim) -> None:
+        # Thread by thread, each committed, before the stage's own transaction marks the messages.
+        insight_pending(context.engine(), claim, tools)
+
+    return _run(self, window_id, "insight", mark_insights, prepare=ask_llm)

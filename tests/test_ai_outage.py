@@ -80,13 +80,14 @@ def test_ai_down_then_up_enrichment_resumes_by_itself(engine: Engine, ai_server:
         assert summary["enrichment_owed"] > 0  # not a failure (exit 0): owed, and said so
         with engine.connect() as conn:
             stages = conn.execute(text(
-                "SELECT bool_and(ingest = 'done' AND normalize = 'done' AND contacts = 'done' AND insight = 'done'), "
+                "SELECT bool_and(ingest = 'done' AND normalize = 'done' AND contacts = 'done'), "
                 "bool_and(embed <> 'done'), count(*) FROM windows")).one()
             normalized = conn.execute(text("SELECT count(*) FROM messages WHERE normalized_at IS NOT NULL")).scalar()
             owed = conn.execute(text("SELECT count(*) FROM failures WHERE stage = 'embed' AND item_ref = 'window' "
                                      "AND error_class = 'transient'")).scalar()
-        # Ingest, normalize, contacts and the rules were unaffected; no embedding got through. (The beat's
-        # sweep may already be re-opening owed stages as probes, which fail while the endpoint is down.)
+        # Ingest, normalize and contacts were unaffected; no embedding got through, and LLM insights (on,
+        # since an endpoint is configured) waited too. (The beat's sweep may already be re-opening owed
+        # stages as probes, which fail while the endpoint is down.)
         assert stages[0] and stages[1], stages
         assert normalized == facts.messages
         assert owed >= 1
@@ -113,9 +114,13 @@ def test_ai_down_then_up_enrichment_resumes_by_itself(engine: Engine, ai_server:
                 "SELECT count(*) FROM messages m WHERE NOT EXISTS "
                 "(SELECT 1 FROM embedding_chunks c WHERE c.message_id = m.id)")).scalar()
             models = conn.execute(text("SELECT DISTINCT model FROM embedding_chunks")).scalars().all()
+            insights = dict(conn.execute(text(
+                "SELECT CASE WHEN i.source LIKE 'llm:%' THEN 'llm' ELSE i.source END, count(*) "
+                "FROM threads t LEFT JOIN insights i ON i.thread_id = t.id GROUP BY 1")).all())
         assert failures == 0  # the owed work was done: nothing stands as failed
         assert without_chunks == 0
         assert models == ["openai:text-embedding-3-small"]
+        assert None not in insights and insights.get("llm", 0) > 0, insights  # every thread; the personal by LLM
         assert "mailpipe.sweep_enrichment" in (tmp_path / "beat.log").read_text()
     finally:
         beat.stop()
@@ -130,7 +135,7 @@ def test_an_embed_task_past_its_soft_limit_keeps_its_progress_and_the_rest_is_re
     ai_server.faults.update(down=False, latency=0.4)
     env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_AI_EMBED_BATCH_SIZE": "2",
            "MAILPIPE_TIMEOUT_EMBED_BASE": "10.5", "MAILPIPE_TIMEOUT_EMBED_PER_UNIT": "0",
-           "MAILPIPE_MAX_DELIVERIES": "20"}
+           "MAILPIPE_MAX_DELIVERIES": "20", "MAILPIPE_INSIGHTS": "rules"}  # embedding's limits alone
     worker = celery_worker(env, tmp_path / "worker.log", name="soft-limit")
     worker.start()
     try:

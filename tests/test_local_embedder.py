@@ -5,7 +5,7 @@ import math
 import pytest
 
 from pipeline.embeddings import Embedder
-from pipeline.embeddings.local import DIMENSIONS, LocalEmbedder
+from pipeline.embeddings.local import DIMENSIONS, MAX_TOKENS, PAD_STEPS, LocalEmbedder, pad_step
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +71,20 @@ def test_bad_arguments_are_rejected(batch_size: int, threads: int | None) -> Non
 
 
 def test_padding_to_a_multiple_changes_no_vector(embedder: LocalEmbedder) -> None:
-    # Padding batches to a multiple of 32 tokens (so tensor shapes repeat and the heap is reused)
-    # must give the vectors that padding to the longest text gives: the padding is masked out.
-    texts = ["short", "a medium sentence about the meeting on Tuesday", "word " * 150, "x" * 40]
-    exact = LocalEmbedder(batch_size=2, pad_multiple=1)
+    # Padding batches to a multiple of a step (so tensor shapes repeat and the heap is reused) must give
+    # the vectors that padding to the longest text gives: the padding is masked out. The texts fall in
+    # all three steps' ranges, so the embedder makes one encode call per step.
+    texts = ["short", "a medium sentence about the meeting on Tuesday", "word " * 150, "x" * 40, "two " * 90]
+    exact = LocalEmbedder(batch_size=2, pad_steps=((MAX_TOKENS, 1),))
     exact_vectors = exact.embed(texts)
     padded = embedder.embed(texts)
-    assert embedder.pad_multiple == 32
+    assert embedder.pad_steps == PAD_STEPS
     for a, b in zip(exact_vectors, padded, strict=True):
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+
+
+def test_padded_lengths_form_a_small_fixed_set() -> None:
+    padded = {-(-n // pad_step(n)) * pad_step(n) for n in range(1, MAX_TOKENS + 1)}
+    assert padded == {*range(8, 65, 8), *range(80, 129, 16), *range(160, 257, 32)}
+    # Padding adds under 8 tokens to a short batch, under a quarter of its length to a longer one.
+    assert all(-(-n // pad_step(n)) * pad_step(n) - n < max(8, n / 4) for n in range(1, MAX_TOKENS + 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -111,3 +112,32 @@ def test_the_concurrency_limit_shrinks_when_the_endpoint_errs(server: OpenAIServ
         with pytest.raises(openai.RateLimitError):
             embedder.embed(["x"])
     assert limiter.snapshot().limit < start
+
+
+class RecordingServer(OpenAIServer):
+    """The project's server, keeping each embeddings request's inputs (to see how texts were batched)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[list[str]] = []
+
+    def _embeddings(self, body: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int]]:
+        self.requests.append(list(body["input"]))
+        return super()._embeddings(body)
+
+
+def test_batches_hold_texts_of_similar_length_and_results_keep_input_order(breakers: Breakers) -> None:
+    # Lengths interleaved so that batching in input order would mix short and long texts in every request.
+    texts = [("word " * (40 if i % 2 else 1)) + f"#{i}" for i in range(12)]
+    with RecordingServer() as server:
+        vectors = _embedder(server, breakers, batch_size=4).embed(texts)
+        requests = server.requests
+    assert len(requests) == 3
+    assert sorted(t for r in requests for t in r) == sorted(texts)
+    lengths = [[len(t) for t in r] for r in requests]
+    # Longest first across requests, so each request spans as few lengths as possible.
+    assert [x for r in lengths for x in r] == sorted((len(t) for t in texts), reverse=True)
+    assert max(lengths[0]) > 100 and max(lengths[-1]) < 10
+    for text, vector in zip(texts, vectors, strict=True):
+        expected = embedding_vector(text, 384)
+        assert max(abs(a - b) for a, b in zip(vector, expected, strict=True)) < 1e-6

@@ -18,11 +18,22 @@ if TYPE_CHECKING:
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
 MAX_TOKENS = 256  # the model's max_seq_length, [CLS] and [SEP] included
-# Batches are padded to a multiple of this many tokens. With padding to the longest text alone,
-# every batch has its own tensor shapes; glibc cannot reuse the freed blocks of one shape for the
-# next and a long-running worker's heap grew by ~400 MB over 50 windows. Eight shapes per batch size
-# are reused exactly (docs/PERFORMANCE.md); the vectors are unchanged, padding is masked out.
-PAD_MULTIPLE = 32
+# Batches are padded to a multiple of a step that grows with their longest text: 8 tokens up to 64,
+# 16 up to 128, 32 up to 256. With padding to the longest text alone, every batch has its own tensor
+# shapes; glibc cannot reuse the freed blocks of one shape for the next and a long-running worker's
+# heap grew by ~400 MB over 50 windows. A fixed set of shapes (16 lengths per batch size here) is
+# reused exactly (docs/PERFORMANCE.md); the vectors are unchanged, padding is masked out. One step of
+# 32 for all lengths cost short mail dearly: a 20-token reply was computed as 32 tokens, and the embed
+# stage ran at 0.6-0.7 of a bare encode of the same texts (the embed-throughput bench).
+PAD_STEPS: tuple[tuple[int, int], ...] = ((64, 8), (128, 16), (MAX_TOKENS, 32))
+
+
+def pad_step(longest: int, steps: Sequence[tuple[int, int]] = PAD_STEPS) -> int:
+    """The multiple a batch whose longest text has `longest` tokens is padded to."""
+    for bound, step in steps:
+        if longest <= bound:
+            return step
+    return steps[-1][1]
 
 
 def bundled_model_dir() -> Path:
@@ -46,7 +57,7 @@ class LocalEmbedder:
         batch_size: int = 16,
         threads: int | None = None,
         name: str = MODEL_NAME,
-        pad_multiple: int = PAD_MULTIPLE,
+        pad_steps: Sequence[tuple[int, int]] = PAD_STEPS,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -58,7 +69,7 @@ class LocalEmbedder:
         self.model_dir = model_dir if model_dir is not None else bundled_model_dir()
         self.batch_size = batch_size
         self.threads = threads
-        self.pad_multiple = pad_multiple
+        self.pad_steps = tuple(pad_steps)
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
 
@@ -67,21 +78,39 @@ class LocalEmbedder:
         if not texts:
             return []
         model = self._load()
+        lengths = self._token_counts(model, texts)
         # Longest first, so each batch pads to similar lengths; the order is put back below.
-        # sentence-transformers happens to sort inside encode() too; ours keeps that a guarantee.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        vectors = model.encode(
-            [texts[i] for i in order],
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-            processing_kwargs={"text": {"pad_to_multiple_of": self.pad_multiple}},
-        )
+        # sentence-transformers sorts inside encode() too (by characters); ours, by tokens, also decides
+        # each batch's padding step. Consecutive batches with the same step share one encode() call.
+        order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
+        groups: list[tuple[int, list[int]]] = []
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            step = pad_step(lengths[batch[0]], self.pad_steps)
+            if groups and groups[-1][0] == step:
+                groups[-1][1].extend(batch)
+            else:
+                groups.append((step, batch))
         result: list[list[float]] = [[] for _ in texts]
-        for position, index in enumerate(order):
-            result[index] = [float(x) for x in vectors[position]]
+        for step, indices in groups:
+            vectors = model.encode(
+                [texts[i] for i in indices],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+                processing_kwargs={"text": {"pad_to_multiple_of": step}},
+            )
+            for index, vector in zip(indices, vectors, strict=True):
+                result[index] = vector.tolist()
         return result
+
+    def _token_counts(self, model: SentenceTransformer, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model will see it ([CLS] and [SEP] included, truncated to its maximum)."""
+        encoded = model.tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                                  max_length=model.max_seq_length, return_attention_mask=False,
+                                  return_token_type_ids=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def _load(self) -> SentenceTransformer:
         with self._lock:

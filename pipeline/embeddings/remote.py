@@ -47,10 +47,18 @@ class RemoteEmbedder:
         self.breaker_name = ai_breaker_name(str(client.base_url))
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), self.batch_size):
-            vectors.extend(self._request(list(texts[start : start + self.batch_size])))
-        return vectors
+        """One vector per text, in input order; requests hold texts of similar length.
+
+        Servers that batch on a GPU (vLLM, TEI, Ollama) pad each request to its longest input, so
+        grouping by length keeps padding low; the order is put back before returning.
+        """
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        result: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for index, vector in zip(batch, self._request([texts[i] for i in batch]), strict=True):
+                result[index] = vector
+        return result
 
     def _request(self, batch: list[str]) -> list[list[float]]:
         # The breaker first: an open one refuses at once, without taking a slot from calls that may go.

@@ -7,7 +7,7 @@ backend: one row per window holds each stage's state.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Computed,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -169,6 +170,17 @@ class Thread(Base):
     last_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+# The sender's name and address as words ("Bob Billing bob globex com"), for `search --from` by part of
+# a name or address. PostgreSQL has no substring index without pg_trgm (the embedded server lacks
+# it); matching word prefixes through this GIN index keeps a filter from reading every message.
+# Written as the index reflects back (pg_get_indexdef, outer parentheses dropped), so Alembic's drift
+# check sees it unchanged.
+SENDER_WORDS_SQL = (
+    "to_tsvector('simple'::regconfig, (COALESCE(from_name, ''::text) || ' '::text) || "
+    "translate(COALESCE(from_email, ''::text), '@.+_-'::text, '     '::text))"
+)
+
+
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
@@ -177,6 +189,10 @@ class Message(Base):
         Index("ix_messages_thread_id_sent_at", "thread_id", "sent_at"),
         Index("ix_messages_account_id_sent_at", "account_id", "sent_at"),
         Index("ix_messages_tsv", "tsv", postgresql_using="gin"),
+        # Search filters (migration 0006): --label, --from with an address, --from with words.
+        Index("ix_messages_labels", "labels", postgresql_using="gin"),
+        Index("ix_messages_from_email", "from_email"),
+        Index("ix_messages_sender_words", text(SENDER_WORDS_SQL), postgresql_using="gin"),
         Index(
             "uq_messages_account_id_gmail_id",
             "account_id",
@@ -304,6 +320,29 @@ class Insight(Base):
     summary: Mapped[str] = mapped_column(Text)
     action_items: Mapped[list[dict[str, str]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
     source: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = _now()
+    # What the LLM summary covers: that many messages of the thread in date order, the last of them
+    # `summarized_through` (messages.id). New mail is then sent with the previous summary, alone.
+    summarized_messages: Mapped[int] = mapped_column(Integer, server_default="0")
+    summarized_through: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+
+
+class AiUsage(Base):
+    """The ledger of LLM insight calls: tokens and USD per account per UTC day, against the daily budget.
+
+    `reserved_usd` is what calls in flight may still cost (their prompt and their whole completion
+    allowance): reserving before a call, on this one row, keeps workers in parallel under the budget.
+    """
+
+    __tablename__ = "ai_usage"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    calls: Mapped[int] = mapped_column(Integer, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cost_usd: Mapped[float] = mapped_column(Float, server_default="0")
+    reserved_usd: Mapped[float] = mapped_column(Float, server_default="0")
     updated_at: Mapped[datetime] = _now()
 
 

@@ -23,6 +23,8 @@ Decisions:
   short text built from the last user message. Embeddings are unit vectors derived from a hash of
   each input alone (`embedding_vector`), so equal inputs get equal vectors under any model; a
   smaller `dimensions` gives the renormalised prefix of the larger vector (Matryoshka-like).
+- Every API call's body is kept (`received()`, the last REQUEST_LOG_SIZE), so a test can inspect exactly
+  what a client sent, including calls refused by faults.
 - Tokens are counted as `len(text) // 4 + 1` per text (`count_tokens`): approximate, deterministic.
 - Every call that reaches the fault roll draws the same four numbers from the seeded RNG whatever the
   settings, so a seed fixes the sequence of faults of a sequential client exactly.
@@ -64,6 +66,7 @@ DEFAULT_EMBEDDING_DIMENSIONS = 1536
 DEFAULT_CONTEXT_TOKENS = 128_000
 DEFAULT_EMBEDDING_CONTEXT_TOKENS = 8_192
 MAX_EMBEDDING_INPUTS = 2_048
+REQUEST_LOG_SIZE = 10_000  # request bodies kept for `received()`; the oldest are dropped beyond this
 UNLIMITED_REQUESTS = 10_000  # what x-ratelimit-limit-requests announces without a requests_per_minute limit
 TOKENS_PER_MINUTE = 10_000_000  # announced in x-ratelimit-*-tokens; never enforced
 ENDPOINTS = ("chat.completions", "embeddings", "models")
@@ -442,6 +445,7 @@ class OpenAIServer(Served):
         self._lock = threading.Lock()
         self._counters = _Counters()
         self._window: deque[float] = deque()  # admission times within the last 60 s (requests_per_minute)
+        self._received: deque[tuple[str, bytes]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._serial = 0
         self._stopping = threading.Event()
         self._http = ServerThread(_Handler, self, "fake-openai")
@@ -472,6 +476,34 @@ class OpenAIServer(Served):
         with self._lock:
             return self._counters.as_dict()
 
+    def received(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        """The JSON bodies of the API calls that reached the server (faults or not), oldest first; those of
+        one endpoint ("chat.completions", "embeddings") when given. What a test inspects to prove what
+        left the client, e.g. that no secret did. A body that is not a JSON object is {"_raw": text}."""
+        with self._lock:
+            log_copy = list(self._received)
+        out: list[dict[str, Any]] = []
+        for name, body in log_copy:
+            if endpoint is not None and name != endpoint:
+                continue
+            text = body.decode("utf-8", "replace")
+            try:
+                value = json.loads(text) if text else {}
+            except ValueError:
+                value = None
+            out.append(value if isinstance(value, dict) else {"_raw": text})
+        return out
+
+    def received_text(self, endpoint: str | None = None) -> str:
+        """Every received body of `endpoint` (all when None) as raw text, joined by newlines."""
+        with self._lock:
+            log_copy = list(self._received)
+        return "\n".join(b.decode("utf-8", "replace") for name, b in log_copy if endpoint in (None, name))
+
+    def clear_received(self) -> None:
+        with self._lock:
+            self._received.clear()
+
     def reset_stats(self) -> None:
         """Forget every counter; in_flight keeps counting the calls being served now."""
         with self._lock:
@@ -492,6 +524,8 @@ class OpenAIServer(Served):
         with self._lock:
             counters = self._counters
             counters.calls[endpoint] += 1
+            if req.body:
+                self._received.append((endpoint, req.body))
             counters.in_flight += 1
             counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
             self._serial += 1
