@@ -124,27 +124,5 @@ def top_contacts(engine: Engine, account_id: int, limit: int, half_life_days: fl
     ]
 
 
-def insights(engine: Engine, account_id: int, limit: int, needs_reply: str | None = None) -> list[dict[str, Any]]:
-    with transaction(engine) as s:
-        q = (
-            select(Insight, Thread)
-            .join(Thread, Thread.id == Insight.thread_id)
-            .where(Insight.account_id == account_id)
-            .order_by(Thread.last_at.desc().nulls_last(), Thread.id.desc())
-            .limit(limit)
-        )
-        if needs_reply:
-            q = q.where(Insight.needs_reply == needs_reply)
-        rows = s.execute(q).all()
-    return [
-        {
-            "thread_id": t.id, "subject": t.subject, "messages": t.message_count, "last_at": _iso(t.last_at),
-            "category": i.category, "needs_reply": i.needs_reply, "summary": i.summary,
-            "action_items": i.action_items, "source": i.source,
-        }
-        for i, t in rows
-    ]
-
-
 def as_dicts(rows: list[ContactRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
