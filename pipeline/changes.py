@@ -8,25 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Engine, delete, select, text
+from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from pipeline.contacts import combine_log, rank_key, rank_log_increment, traffic_of
 from pipeline.records import Participant
 from pipeline.stages.normalize import refresh_threads
 from pipeline.storage.db import transaction
-from pipeline.storage.models import Contact, Message, MessageParticipant
+from pipeline.storage.models import Contact, GmailAlias, Message, MessageParticipant
 
 
 def delete_messages(engine: Engine, account_id: int, gmail_ids: Iterable[str], half_life_days: float) -> int:
-    """Delete the account's messages with these Gmail ids; returns how many existed."""
+    """Delete the account's messages with these Gmail ids; returns how many were deleted.
+
+    A message Gmail also holds under another id (an alias) is not deleted: that id becomes its own.
+    """
     ids = sorted(set(gmail_ids))
     if not ids:
         return 0
     with transaction(engine) as s:
+        s.execute(delete(GmailAlias).where(GmailAlias.account_id == account_id, GmailAlias.gmail_id.in_(ids)))
         rows = s.execute(
             select(Message.id, Message.thread_id).where(Message.account_id == account_id, Message.gmail_id.in_(ids))
         ).all()
+        kept = _hand_to_aliases(s, [int(r[0]) for r in rows])
+        rows = [r for r in rows if int(r[0]) not in kept]
         if not rows:
             return 0
         message_ids = [int(r[0]) for r in rows]
@@ -42,20 +48,39 @@ def delete_messages(engine: Engine, account_id: int, gmail_ids: Iterable[str], h
     return len(message_ids)
 
 
+def _hand_to_aliases(session: Session, message_ids: list[int]) -> set[int]:
+    """Messages whose Gmail id is gone but that Gmail holds under an alias: the alias becomes their id
+    (and its labels theirs). Returns the messages kept so."""
+    kept: set[int] = set()
+    for message_id in message_ids:
+        alias = session.execute(
+            select(GmailAlias).where(GmailAlias.message_id == message_id).order_by(GmailAlias.gmail_id).limit(1)
+        ).scalar_one_or_none()
+        if alias is None:
+            continue
+        session.execute(update(Message).where(Message.id == message_id)
+                        .values(gmail_id=alias.gmail_id, labels=sorted(alias.labels)))
+        session.delete(alias)
+        kept.add(message_id)
+    return kept
+
+
+_RELABEL = ("SET labels = ARRAY(SELECT DISTINCT l FROM unnest(labels || CAST(:plus AS text[])) AS l "
+            "WHERE l <> ALL(CAST(:minus AS text[])) ORDER BY l) WHERE account_id = :account AND gmail_id = :gid")
+
+
 def relabel_messages(engine: Engine, account_id: int, added: Mapping[str, set[str]],
                      removed: Mapping[str, set[str]]) -> int:
-    """Apply netted label changes to the messages we hold; returns how many rows changed."""
+    """Apply netted label changes to the messages we hold (and to their aliases' own labels);
+    returns how many messages changed."""
     changed = 0
     with transaction(engine) as s:
         for gmail_id in sorted(set(added) | set(removed)):
-            result = s.execute(
-                text("UPDATE messages SET labels = ARRAY(SELECT DISTINCT l FROM unnest(labels || "
-                     "CAST(:plus AS text[])) AS l WHERE l <> ALL(CAST(:minus AS text[])) ORDER BY l) "
-                     "WHERE account_id = :account AND gmail_id = :gid"),
-                {"plus": sorted(added.get(gmail_id, set())), "minus": sorted(removed.get(gmail_id, set())),
-                 "account": account_id, "gid": gmail_id},
-            )
+            params = {"plus": sorted(added.get(gmail_id, set())), "minus": sorted(removed.get(gmail_id, set())),
+                      "account": account_id, "gid": gmail_id}
+            result = s.execute(text(f"UPDATE messages {_RELABEL}"), params)
             changed += int(result.rowcount)  # type: ignore[attr-defined]
+            s.execute(text(f"UPDATE gmail_aliases {_RELABEL}"), params)
     return changed
 
 

@@ -30,7 +30,7 @@ from pipeline.runs import RunProgress, abandon_run, begin_run, run_progress
 from pipeline.settings import Settings
 from pipeline.sources.gmail import CursorExpired, GmailClient, GmailError, MessageRef
 from pipeline.storage.db import transaction
-from pipeline.storage.models import Account, Message, SyncRun
+from pipeline.storage.models import Account, GmailAlias, Message, SyncRun
 
 MODES = ("auto", "full", "incremental")
 
@@ -169,6 +169,8 @@ def _known_gmail_ids(engine: Engine, account_id: int, gmail_ids: list[str]) -> s
     with transaction(engine) as s:
         return set(s.execute(
             select(Message.gmail_id).where(Message.account_id == account_id, Message.gmail_id.in_(gmail_ids))
+            .union(select(GmailAlias.gmail_id).where(GmailAlias.account_id == account_id,
+                                                     GmailAlias.gmail_id.in_(gmail_ids)))
         ).scalars())
 
 
@@ -192,6 +194,7 @@ def _delete_vanished(engine: Engine, account_id: int, client: GmailClient, liste
     with transaction(engine) as s:
         held = set(s.execute(
             select(Message.gmail_id).where(Message.account_id == account_id, Message.gmail_id.is_not(None))
+            .union(select(GmailAlias.gmail_id).where(GmailAlias.account_id == account_id))
         ).scalars())
     unlisted = sorted(g for g in held if g and g not in listed)
     gone = client.gone(unlisted) if unlisted else set()

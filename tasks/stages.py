@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
@@ -10,6 +11,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from pipeline.resilience.breakers import BreakerOpenError
 from pipeline.resilience.classify import QUOTA, TRANSIENT, backoff_seconds, classify, outage_backoff_seconds
+from pipeline.resilience.quota import retry_after_hint
 from pipeline.runs import StageClaim, claim_stage, skip_stage
 from pipeline.stages.contacts import contacts_window
 from pipeline.stages.embed import embed_pending
@@ -102,6 +104,8 @@ def _retry(task: Task, window_id: int, stage: str, exc: StageRetry) -> str:
     if wait is None:
         fail_window_stage(engine, window_id, stage, exc.error_class, str(exc.cause)[:1000])
         return "failed"
+    # A server that said how long to wait (an AI endpoint's 429) is not asked again sooner.
+    wait = max(wait, retry_after_hint(exc.cause, datetime.now(UTC)) or 0.0)
     raise task.retry(countdown=wait, exc=exc, **limit_options(stage, window_id)) from exc
 
 

@@ -344,3 +344,14 @@ def test_outage_backoff_rides_out_a_restart_whatever_the_draws() -> None:
         wait = outage_backoff_seconds(r, 0.999)
         assert ceiling is not None and wait is not None and ceiling / 2 <= wait <= ceiling
 
+
+def test_the_wait_an_ai_endpoint_asks_for_is_read_from_its_429(ai_server: OpenAIServer) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.resilience.quota import retry_after_hint
+
+    exc = openai_exception(ai_server, {"rate_limit_rate": 1.0, "retry_after": 7.5})
+    assert isinstance(exc, openai.RateLimitError)
+    assert retry_after_hint(exc, datetime.now(UTC)) == 7.5  # retry-after-ms, finer than retry-after: 8
+    assert retry_after_hint(ValueError("no response"), datetime.now(UTC)) is None
+

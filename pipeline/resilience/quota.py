@@ -522,6 +522,18 @@ _RETRY_AFTER_TEXT = re.compile(
 )
 
 
+def retry_after_hint(exc: BaseException, now: datetime) -> float | None:
+    """Seconds a refusing server asked for, read from the error itself: the openai client's `response`
+    (`retry-after-ms`, then `retry-after`) or googleapiclient's `resp`, and Google's message text."""
+    response = getattr(exc, "response", None)
+    raw = getattr(response, "headers", None) or getattr(exc, "resp", None) or {}
+    headers = {str(k).lower(): str(v) for k, v in dict(raw).items()}
+    millis = headers.get("retry-after-ms", "").strip()
+    if millis.replace(".", "", 1).isdigit():
+        return float(millis) / 1000.0
+    return retry_after_seconds(headers, str(getattr(exc, "message", "") or exc), now)
+
+
 def retry_after_seconds(headers: Mapping[str, str], message: str, now: datetime) -> float | None:
     """Seconds the server asked us to wait: the larger of `Retry-After` and "Retry after <ISO time>"."""
     found = [s for s in (_header_seconds(headers, now), _message_seconds(message, now)) if s is not None]

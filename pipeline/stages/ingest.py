@@ -19,7 +19,7 @@ from pipeline.normalize.headers import parse_message_id
 from pipeline.records import ParsedMessage
 from pipeline.resilience.classify import TRANSIENT, ClassifiedError
 from pipeline.runs import StageClaim, record_failure
-from pipeline.storage.models import Message, WindowItem
+from pipeline.storage.models import GmailAlias, Message, WindowItem
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 
@@ -94,9 +94,17 @@ def _upsert_message(
     ).first()
     if row is not None:
         return int(row[0]), bool(row[1])
-    existing = session.execute(
-        select(Message.id).where(Message.account_id == account_id, Message.message_key == key)
-    ).scalar_one()
+    existing, held_as = session.execute(
+        select(Message.id, Message.gmail_id).where(Message.account_id == account_id, Message.message_key == key)
+    ).one()
+    if item.gmail_id is not None and item.gmail_id != held_as:
+        # The same message under another Gmail id: remembered, so listings know it and deletions of
+        # either id keep the message while Gmail still holds the other.
+        alias = pg_insert(GmailAlias).values(account_id=account_id, gmail_id=item.gmail_id,
+                                             message_id=existing, labels=item.labels or [])
+        session.execute(alias.on_conflict_do_update(
+            index_elements=[GmailAlias.account_id, GmailAlias.gmail_id],
+            set_={"message_id": alias.excluded.message_id, "labels": alias.excluded.labels}))
     return int(existing), False
 
 

@@ -393,3 +393,20 @@ class CircuitBreakerRecord(Base):
     opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Epoch s until which one worker's trial call holds the half-open breaker (others wait).
     probe_until: Mapped[float] = mapped_column(Float, server_default="0")
+
+
+class GmailAlias(Base):
+    """Another Gmail id of a message we hold once (the same Message-ID under two ids, e.g. a message
+    sent to oneself: one in Sent, one in the Inbox).
+
+    Known ids are not fetched again on every listing; deleting the message's own Gmail id hands the
+    row to an alias instead of deleting mail that Gmail still holds.
+    """
+
+    __tablename__ = "gmail_aliases"
+    __table_args__ = (Index("ix_gmail_aliases_message_id", "message_id"),)
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    gmail_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
