@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -38,7 +39,7 @@ from sqlalchemy import Engine, text
 from bench.report import write_section
 from bench.search_load import openai_server, prepare_database
 from bench.search_queries import LabelledQuery, labelled_queries, read_threads, recall_at
-from pipeline.embeddings import Embedder, embedder_for
+from pipeline.embeddings import Embedder, query_embedder_for
 from pipeline.search import SearchFilters, search
 
 LATENCY_TARGET_MS = 50.0
@@ -61,18 +62,30 @@ class Timing:
 
 
 class TimedEmbedder:
-    """The configured embedder, unchanged, with the time of its last call kept (to split the figures)."""
+    """The configured embedder, unchanged, with the time and result of its last call kept."""
 
     def __init__(self, inner: Embedder) -> None:
         self.inner, self.name, self.dimensions = inner, inner.name, inner.dimensions
         self.last_ms = 0.0
+        self.last: list[list[float]] = []
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         started = time.perf_counter()
         try:
-            return self.inner.embed(texts)
+            self.last = self.inner.embed(texts)
+            return self.last
         finally:
             self.last_ms = (time.perf_counter() - started) * 1000
+
+
+class KnownVector:
+    """Answers with a vector computed before: the same search, the query's embedding taken out."""
+
+    def __init__(self, name: str, dimensions: int, vector: list[float]) -> None:
+        self.name, self.dimensions, self.vector = name, dimensions, vector
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self.vector for _ in texts]
 
 
 # ------------------------------------------------------------------------------------------ latency
@@ -80,22 +93,34 @@ class TimedEmbedder:
 
 def _timed(engine: Engine, embedder: TimedEmbedder, queries: list[str], filters: list[SearchFilters],
            case: str) -> tuple[Timing, list[float], list[float]]:
-    """Run every query once; the case's percentiles, each query's milliseconds and its embedding's."""
+    """Every query once as users run it, then once more with its vector known: the case's percentiles,
+    each query's milliseconds and those of its search without the embedding.
+
+    search() embeds the query while PostgreSQL answers the full-text half, so the embedding's time
+    cannot be subtracted; the second pass times the rest by itself."""
     ms: list[float] = []
+    vectors: list[list[float]] = []
     embed_ms: list[float] = []
     hits = 0
     for q, f in zip(queries, filters, strict=True):
         started = time.perf_counter()
         found = search(engine, q, account_id=None, limit=10, embedder=embedder, filters=f)
         ms.append((time.perf_counter() - started) * 1000)
+        vectors.append(embedder.last[0])
         embed_ms.append(embedder.last_ms)
         hits += len(found)
-    return _timing(case, ms, hits, embed_ms), ms, embed_ms
+    search_ms: list[float] = []
+    for q, f, vector in zip(queries, filters, vectors, strict=True):
+        known = KnownVector(embedder.name, embedder.dimensions, vector)
+        started = time.perf_counter()
+        search(engine, q, account_id=None, limit=10, embedder=known, filters=f)
+        search_ms.append((time.perf_counter() - started) * 1000)
+    return _timing(case, ms, hits, embed_ms, search_ms), ms, search_ms
 
 
-def _timing(case: str, ms: list[float], hits: int, embed_ms: list[float]) -> Timing:
+def _timing(case: str, ms: list[float], hits: int, embed_ms: list[float], search_ms: list[float]) -> Timing:
     cuts = statistics.quantiles(ms, n=100, method="inclusive")
-    rest = statistics.quantiles([t - e for t, e in zip(ms, embed_ms, strict=True)], n=100, method="inclusive")
+    rest = statistics.quantiles(search_ms, n=100, method="inclusive")
     return Timing(case=case, queries=len(ms), p50_ms=round(cuts[49], 1), p95_ms=round(cuts[94], 1),
                   p99_ms=round(cuts[98], 1), mean_hits=round(hits / len(ms), 1),
                   embed_p50_ms=round(statistics.median(embed_ms), 1), search_p50_ms=round(rest[49], 1),
@@ -145,7 +170,7 @@ def run_latency(args: argparse.Namespace, data: Path, log: Callable[[str], None]
         base_url = stack.enter_context(openai_server()) if args.embedder == "openai" else None
         engine, settings, loaded, meta = prepare_database(data, args.imported, args.seed, args.embedder, base_url, log,
                                                           scale=args.messages)
-        configured = embedder_for(settings, engine)
+        configured = query_embedder_for(settings, engine)
         assert configured is not None
         embedder = TimedEmbedder(configured)
         queries = labelled_queries(meta, count=args.queries, seed=args.seed)
@@ -155,26 +180,30 @@ def run_latency(args: argparse.Namespace, data: Path, log: Callable[[str], None]
         while len(texts) < args.queries:  # a small mailbox has fewer distinct facts than queries wanted
             texts += texts[: args.queries - len(texts)]
         log(f"{len(texts)} queries; warming up")
+        load_before = os.getloadavg()[0]
         _timed(engine, embedder, texts[:WARMUP_QUERIES], [SearchFilters()] * WARMUP_QUERIES, "warm-up")
         timings = [_timed(engine, embedder, texts, [SearchFilters()] * len(texts), "no filter")[0]]
         log(_row(timings[-1]))
         pooled: list[float] = []
-        pooled_embed: list[float] = []
+        pooled_embed: list[float] = []  # the pooled queries' times with their vector known
         pooled_hits = 0
         for case, filters in _filter_cases(engine, queries, max(20, args.queries // 5), rng).items():
-            timing, ms, embed_ms = _timed(engine, embedder, [texts[i % len(texts)] for i in range(len(filters))],
+            timing, ms, search_ms = _timed(engine, embedder, [texts[i % len(texts)] for i in range(len(filters))],
                                           filters, case)
             timings.append(timing)
             log(_row(timing))
             pooled += ms
-            pooled_embed += embed_ms
+            pooled_embed += search_ms
             pooled_hits += round(timing.mean_hits * timing.queries)
-        timings.append(_timing("all filtered queries above", pooled, pooled_hits, pooled_embed))
+        embed_p50 = statistics.median(t.embed_p50_ms for t in timings[1:])  # pooled: the cases' median
+        pooled_timing = _timing("all filtered queries above", pooled, pooled_hits, [embed_p50], pooled_embed)
+        timings.append(pooled_timing)
         log(_row(timings[-1]))
     ok = all(t.p95_ms <= LATENCY_TARGET_MS for t in timings)
     ok_without_embedding = all(t.search_p95_ms <= LATENCY_TARGET_MS for t in timings)
     return {"loaded": asdict(loaded), "timings": [asdict(t) for t in timings], "target_p95_ms": LATENCY_TARGET_MS,
-            "ok": ok, "ok_without_embedding": ok_without_embedding}, ok
+            "ok": ok, "ok_without_embedding": ok_without_embedding,
+            "load": f"{load_before:.1f} and {os.getloadavg()[0]:.1f}"}, ok
 
 
 def _row(t: Timing) -> str:
@@ -188,7 +217,7 @@ def _row(t: Timing) -> str:
 
 def run_quality(args: argparse.Namespace, data: Path, log: Callable[[str], None]) -> tuple[dict[str, Any], bool]:
     engine, settings, loaded, meta = prepare_database(data, args.messages, args.seed, "local", None, log)
-    embedder = embedder_for(settings, engine)
+    embedder = query_embedder_for(settings, engine)
     assert embedder is not None
     queries = labelled_queries(meta, count=args.queries, seed=args.seed)
     _, thread_of = read_threads(meta)
@@ -280,7 +309,9 @@ def _report_latency(path: Path, command: str, result: dict[str, Any]) -> None:
         f"Target p95 ≤ {LATENCY_TARGET_MS:g} ms in every row: "
         f"{'met' if result['ok'] else 'NOT met'} with the query's embedding counted, "
         f"{'met' if result['ok_without_embedding'] else 'NOT met'} for the search itself (database and "
-        "fusion, the query embedding subtracted per query). "
+        "fusion: each query run a second time with its vector already known; search() embeds the query "
+        "while PostgreSQL answers the full-text half, so the embedding's time cannot be subtracted). "
+        f"Load average (1 min) before and after the timed queries: {result.get('load', '?')}. "
         f"**How the data was made:** a `bench.generate` mailbox of {loaded['messages']:,} entries "
         f"(seed {loaded['seed']}) imported by `import_mbox` with the pipeline's own stage functions run "
         "in-process (`bench/search_load.py`: ingest, normalize, contacts, embed; insight marked done, search "

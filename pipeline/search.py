@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -116,13 +118,15 @@ def search(engine: Engine, query: str, *, account_id: int | None, limit: int = 1
     filters = filters or SearchFilters()
     where, params = _conditions(filters, account_id)
     n = max(CANDIDATES, 2 * limit)
-    with transaction(engine) as s:
-        vector_ranked: list[tuple[int, str]] = []  # (message id, its best chunk), best first
-        if embedder is not None:
-            vector = embedder.embed([query])[0]
-            vector_ranked = _vector_candidates(s, str(list(vector)), embedder.name, where, params, filters,
-                                               account_id, n, exact_scan_messages)
+    # The query is embedded on one core while PostgreSQL answers the full-text half (and counts what
+    # the filters leave) on another: the embedding is most of a search's time on the CPU.
+    with ThreadPoolExecutor(max_workers=1) as pool, transaction(engine) as s:
+        pending = pool.submit(embedder.embed, [query]) if embedder is not None else None
         text_ids = _text_candidates(s, query, where, params, n)
+        vector_ranked: list[tuple[int, str]] = []  # (message id, its best chunk), best first
+        if embedder is not None and pending is not None:
+            vector_ranked = _vector_candidates(s, lambda: str(list(pending.result()[0])), embedder.name, where,
+                                               params, filters, account_id, n, exact_scan_messages)
         scores: dict[int, float] = {}
         for ranked in ([mid for mid, _ in vector_ranked], text_ids):
             for rank, mid in enumerate(ranked):
@@ -187,15 +191,17 @@ def _conditions(filters: SearchFilters, account_id: int | None) -> tuple[list[st
     return where, params
 
 
-def _vector_candidates(s: Session, vector: str, model: str, where: list[str], params: dict[str, Any],
-                       filters: SearchFilters, account_id: int | None, n: int,
+def _vector_candidates(s: Session, vector_of: Callable[[], str], model: str, where: list[str],
+                       params: dict[str, Any], filters: SearchFilters, account_id: int | None, n: int,
                        exact_limit: int) -> list[tuple[int, str]]:
-    """Messages by their nearest chunk, best first, each with that chunk's text."""
-    args = {**params, "v": vector, "model": model, "n": n}
-    if filters.active:
-        matching = _matching_messages(s, where, params, exact_limit)
-        if not matching:
-            return []
+    """Messages by their nearest chunk, best first, each with that chunk's text.
+
+    `vector_of()` gives the query's vector (a pgvector literal), asked for only once it is needed."""
+    matching = _matching_messages(s, where, params, exact_limit) if filters.active else None
+    if matching == 0:
+        return []
+    args = {**params, "v": vector_of(), "model": model, "n": n}
+    if matching is not None:
         source = "embedding_chunks c JOIN messages m ON m.id = c.message_id"
         conditions = ["c.model = :model", *where]
         if matching <= exact_limit:

@@ -345,7 +345,7 @@ def search(
     as_json: bool = JsonOpt,
 ) -> None:
     """Hybrid semantic + full-text search; one hit per thread."""
-    from pipeline.embeddings import embedder_for
+    from pipeline.embeddings import query_embedder_for
     from pipeline.reports import resolve_account
     from pipeline.search import make_filters
     from pipeline.search import search as run_search
@@ -354,7 +354,7 @@ def search(
     settings = Settings()
     with runtime(settings) as rt:
         account_id = resolve_account(rt.engine, account)[0] if account else None
-        embedder = embedder_for(settings, rt.engine)
+        embedder = query_embedder_for(settings, rt.engine)
         hits = run_search(rt.engine, query, account_id=account_id, limit=limit, embedder=embedder,
                           filters=filters, per_thread=not all_messages)
     if as_json:

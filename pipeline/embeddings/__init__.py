@@ -45,3 +45,14 @@ def embedder_for(settings: Settings, engine: Engine, *, threads: int | None = No
         dimensions=EMBEDDING_DIMENSIONS, batch_size=settings.ai_embed_batch_size,
         breakers=breakers_for(settings, engine), limiter=limiter_for(settings),
     )
+
+
+# One short query gains nothing from splitting its matrices over cores, and on a machine whose
+# workers are embedding, two torch threads per query spin against them: 10-30x slower than one
+# (docs/PERFORMANCE.md, search latency).
+QUERY_THREADS = 1
+
+
+def query_embedder_for(settings: Settings, engine: Engine) -> Embedder | None:
+    """The configured embedder for embedding search queries, one at a time."""
+    return embedder_for(settings, engine, threads=QUERY_THREADS)
