@@ -11,14 +11,18 @@ again and waits for the next sweep. Permanent failures are never re-opened.
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from sqlalchemy import Engine, text
 
 from pipeline.resilience.classify import QUOTA, RATE_LIMIT, TIMEOUT, TRANSIENT
 from pipeline.settings import Settings
 from pipeline.storage.db import transaction
+from pipeline.storage.models import DONE, PENDING, RUNNING, SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +51,34 @@ class SweepResult:
                 "reason": self.reason}
 
 
-def owed_enrichment(engine: Engine, limit: int | None = None) -> list[Owed]:
-    """Embed and insight stages that failed with a class worth trying again, oldest window first."""
+def owed_enrichment(engine: Engine, limit: int | None = None, account_id: int | None = None) -> list[Owed]:
+    """Embed and insight stages that failed with a class worth trying again, oldest window first
+    (of one account's runs, when given)."""
+    account = "AND w.run_id IN (SELECT id FROM sync_runs WHERE account_id = :acct) " if account_id else ""
     with transaction(engine) as s:
         rows = s.execute(
             text(
                 "SELECT f.window_id, f.stage, f.error_class FROM failures f JOIN windows w ON w.id = f.window_id "
                 "WHERE f.item_ref = 'window' AND f.stage = ANY(:stages) AND f.error_class = ANY(:classes) "
                 "AND ((f.stage = 'embed' AND w.embed = 'failed') OR (f.stage = 'insight' AND w.insight = 'failed')) "
-                "ORDER BY f.window_id, f.stage LIMIT :limit"
+                f"{account}ORDER BY f.window_id, f.stage LIMIT :limit"
             ),
-            {"stages": list(ENRICHMENT_STAGES), "classes": list(RESUMABLE_CLASSES), "limit": limit},
+            {"stages": list(ENRICHMENT_STAGES), "classes": list(RESUMABLE_CLASSES), "limit": limit,
+             "acct": account_id},
         ).all()
     return [Owed(int(w), str(st), str(c)) for w, st, c in rows]
+
+
+def stage_states(engine: Engine, stages: list[Owed]) -> Counter[str]:
+    """How many of these window stages are in each state now (pending, running, done, failed, skipped)."""
+    states: Counter[str] = Counter()
+    with transaction(engine) as s:
+        for stage in ENRICHMENT_STAGES:
+            ids = [o.window_id for o in stages if o.stage == stage]
+            if ids:
+                states.update(str(v) for v in s.execute(
+                    text(f"SELECT {stage} FROM windows WHERE id = ANY(:ids)"), {"ids": ids}).scalars())
+    return states
 
 
 def reopen(engine: Engine, owed: Owed) -> bool:
@@ -84,12 +103,12 @@ def reopen(engine: Engine, owed: Owed) -> bool:
 
 
 def sweep(engine: Engine, dispatch: Dispatch, *, endpoint_open: Callable[[], float],
-          batch: int = DEFAULT_BATCH) -> SweepResult:
-    """Re-open and dispatch up to `batch` owed stages, unless the endpoint's breaker is open.
+          batch: int | None = DEFAULT_BATCH, account_id: int | None = None) -> SweepResult:
+    """Re-open and dispatch up to `batch` owed stages (None: all), unless the endpoint's breaker is open.
 
     `endpoint_open()` returns the seconds until the AI endpoint's breaker lets a call through (0: now).
     """
-    owed = owed_enrichment(engine)
+    owed = owed_enrichment(engine, account_id=account_id)
     result = SweepResult(waiting=len(owed))
     if not owed:
         return result
@@ -115,3 +134,69 @@ def endpoint_wait(settings: Settings, engine: Engine) -> float:
     from pipeline.resilience.breakers import ai_breaker_name, breakers_for
 
     return breakers_for(settings, engine).get(ai_breaker_name(settings.ai_base_url or OPENAI_BASE_URL)).retry_after()
+
+
+def await_stages(engine: Engine, stages: list[Owed], *, on_tick: Callable[[Counter[str]], None] | None = None,
+                 alive: Callable[[], bool] | None = None, poll_seconds: float = 1.0) -> Counter[str]:
+    """Wait until none of these window stages is pending or running; their final states.
+
+    `alive()` false (the workers doing them are gone) ends the wait with what stands then."""
+    while True:
+        states = stage_states(engine, stages)
+        if on_tick:
+            on_tick(states)
+        if not states[PENDING] + states[RUNNING] or (alive is not None and not alive()):
+            return states
+        time.sleep(poll_seconds)
+
+
+@dataclass(slots=True)
+class ResumeResult:
+    resumed: int = 0  # stages re-opened and handed to the workers, counted once per round
+    done: int = 0
+    skipped: int = 0
+    owed: int = 0  # still failed with a retryable class at the end
+    rounds: int = 0
+    reason: str | None = None  # why the last round was not tried or made no progress
+
+    def as_dict(self) -> dict[str, object]:
+        return {"resumed": self.resumed, "done": self.done, "skipped": self.skipped, "owed": self.owed,
+                "rounds": self.rounds, "reason": self.reason}
+
+
+def resume_owed(engine: Engine, dispatch: Dispatch, *, endpoint_open: Callable[[], float],
+                account_id: int | None = None, max_breaker_wait: float = 60.0,
+                on_tick: Callable[[int, Counter[str]], None] | None = None,
+                alive: Callable[[], bool] | None = None, sleep: Callable[[float], None] = time.sleep) -> ResumeResult:
+    """Resume all owed enrichment now and wait for it, round after round while rounds make progress.
+
+    An endpoint just back is behind a half-open breaker that lets one probe through; the other stages
+    of the round fail again at once and are owed again. The next round, once the breaker has closed,
+    takes them. A round in which nothing got done ends it: the endpoint is still failing.
+    `on_tick(total, states)` reports a round's stages as they finish.
+    """
+    result = ResumeResult()
+    while True:
+        wait = endpoint_open()
+        if wait > max_breaker_wait:
+            result.reason = f"the AI endpoint's breaker is open for {wait:.0f} s more"
+            break
+        if wait > 0:
+            sleep(wait)
+        swept = sweep(engine, dispatch, endpoint_open=lambda: 0.0, batch=None, account_id=account_id)
+        if not swept.reopened:
+            break
+        result.rounds += 1
+        result.resumed += len(swept.reopened)
+        report = partial(on_tick, len(swept.reopened)) if on_tick else None
+        states = await_stages(engine, swept.reopened, alive=alive, on_tick=report)
+        result.done += states[DONE]
+        result.skipped += states[SKIPPED]
+        if states[PENDING] + states[RUNNING]:
+            result.reason = "the workers stopped before the round finished"
+            break
+        if not states[DONE] + states[SKIPPED]:
+            result.reason = "nothing of the last round got done: the AI endpoint is still failing"
+            break
+    result.owed = len(owed_enrichment(engine, account_id=account_id))
+    return result

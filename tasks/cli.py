@@ -476,14 +476,15 @@ def enrich(
     account: str | None = AccountOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """AI enrichment of the mail not enriched yet. With --estimate: threads, messages, tokens and cost."""
+    """Resume now the AI enrichment an outage left owed, and wait for it. With --estimate: what enriching
+    the pending mail with LLM insights would cost (threads, messages, tokens), calling nothing."""
     from pipeline.insights.estimate import estimate_pending
     from pipeline.reports import resolve_account
 
-    if not estimate:
-        raise BadInputError("enrichment runs with every import and sync, and owed enrichment resumes by "
-                            "itself; `mailpipe enrich --estimate` prints what the pending part would cost")
     settings = Settings()
+    if not estimate:
+        _enrich_owed(settings, account, as_json)
+        return
     with runtime(settings) as rt:
         account_id = resolve_account(rt.engine, account)[0] if account else None
         result = estimate_pending(rt.engine, settings, account_id)
@@ -512,6 +513,42 @@ def enrich(
     if result.mode != "llm":
         err.print("insights are rules-only (MAILPIPE_INSIGHTS=rules, or no MAILPIPE_AI_BASE_URL): no LLM call "
                   "would be made; the figures show what MAILPIPE_INSIGHTS=llm would send")
+
+
+def _enrich_owed(settings: Settings, account: str | None, as_json: bool) -> None:
+    """Resume now the enrichment an AI outage left owed (the beat's sweep does it periodically)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline.enrichment import endpoint_wait, resume_owed
+    from pipeline.reports import resolve_account
+    from tasks.chains import dispatch_stage
+
+    with runtime(settings, workers=True) as rt:
+        account_id = resolve_account(rt.engine, account)[0] if account else None
+
+        def resume(tick: Any = None) -> Any:
+            return resume_owed(rt.engine, dispatch_stage, account_id=account_id, alive=rt.alive_check,
+                               endpoint_open=lambda: endpoint_wait(settings, rt.engine), on_tick=tick)
+
+        if as_json:
+            result = resume()
+        else:
+            with Progress(TextColumn("enriching owed windows"), BarColumn(), MofNCompleteColumn(),
+                          console=err) as bar:
+                task = bar.add_task("", total=None)
+                result = resume(lambda total, st: bar.update(
+                    task, total=total, completed=st["done"] + st["failed"] + st["skipped"]))
+    if as_json:
+        _json(result.as_dict())
+    elif not result.rounds and not result.owed:
+        out.print("no enrichment is owed")
+    else:
+        out.print(f"resumed {result.resumed} window stage(s) in {result.rounds} round(s): {result.done} done, "
+                  f"{result.skipped} skipped, {result.owed} still owed")
+    if result.owed:
+        err.print(f"[yellow]{result.owed} window stage(s) still owed: {result.reason}. They resume by "
+                  "themselves once the endpoint answers (the beat's sweep), or run `mailpipe enrich` again.[/yellow]")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -157,3 +157,35 @@ def test_an_embed_task_past_its_soft_limit_keeps_its_progress_and_the_rest_is_re
     assert without_chunks == 0
     # The counter counts only committed slices: it equals the vectors stored, none counted twice.
     assert hashes == summary["chunks_embedded"]
+
+
+def test_enrich_resumes_owed_enrichment_when_asked(engine: Engine, ai_server: OpenAIServer,
+                                                   ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
+    # No beat: only `mailpipe enrich` resumes what the outage left owed.
+    env = {**ai_env, "MAILPIPE_INSIGHTS": "rules"}
+    worker = celery_worker(env, tmp_path / "worker.log", name="enrich")
+    worker.start()
+    try:
+        summary = _import(env, sample_mbox)
+        assert summary["enrichment_owed"] > 0, summary
+        ai_server.faults.update(down=False)
+        time.sleep(3.5)  # the breaker's reset: its next call is the half-open probe
+        result = subprocess.run([sys.executable, "-m", "tasks.cli", "enrich", "--json"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+        with engine.connect() as conn:
+            why = conn.execute(text("SELECT stage, error_class, reason FROM failures")).all()
+        assert result.returncode == 0, (result.stdout, result.stderr[-3000:], why)
+        enriched = json.loads(result.stdout)
+        again = subprocess.run([sys.executable, "-m", "tasks.cli", "enrich", "--json"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+    finally:
+        worker.stop()
+    # The first round's probe closes the breaker; stages refused while it was half-open go in the next.
+    assert enriched["owed"] == 0 and enriched["reason"] is None, enriched
+    assert enriched["done"] >= summary["enrichment_owed"] and enriched["rounds"] >= 1, (enriched, summary)
+    with engine.connect() as conn:
+        without_chunks = conn.execute(text("SELECT count(*) FROM messages m WHERE NOT EXISTS "
+                                           "(SELECT 1 FROM embedding_chunks c WHERE c.message_id = m.id)")).scalar()
+        failures = conn.execute(text("SELECT count(*) FROM failures")).scalar()
+    assert without_chunks == 0 and failures == 0
+    assert again.returncode == 0 and json.loads(again.stdout)["rounds"] == 0  # nothing owed any more

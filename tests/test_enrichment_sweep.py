@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-from pipeline.enrichment import Owed, owed_enrichment, reopen, sweep
+from pipeline.enrichment import Owed, owed_enrichment, reopen, resume_owed, sweep
 from pipeline.records import RawMessage
 from pipeline.runs import add_window, begin_run, claim_stage, end_reading, ensure_account, fail_stage, run_progress
 from pipeline.settings import Settings
@@ -101,3 +101,30 @@ def test_the_sweep_resumes_at_most_a_batch(engine: Engine) -> None:
     sent: list[tuple[str, int]] = []
     result = sweep(engine, lambda stage, w: sent.append((stage, w)), endpoint_open=lambda: 0.0, batch=1)
     assert sent == [("embed", wid)] and result.waiting == 1
+
+
+def test_resuming_now_goes_round_after_round_until_a_round_gets_nothing_done(engine: Engine) -> None:
+    _, wid = _normalized_window(engine)
+    _fail(engine, wid, "embed", "transient")
+    _fail(engine, wid, "insight", "transient")
+    sent: list[str] = []
+
+    def half_open(stage: str, window_id: int) -> None:
+        # The breaker lets the first call (embed) through; insight is refused and owed again.
+        sent.append(stage)
+        if stage == "embed":
+            assert run_stage(engine, Settings(), window_id, "embed", lambda s, c: {}).outcome == "done"
+        else:
+            _fail(engine, window_id, stage, "transient")
+
+    waits: list[float] = []
+    result = resume_owed(engine, half_open, endpoint_open=lambda: 0.5 if sent else 0.0, sleep=waits.append)
+    # Round 1: embed done, insight refused; round 2: insight refused again, nothing done: it stops there.
+    assert sent == ["embed", "insight", "insight"]
+    assert (result.rounds, result.done, result.owed) == (2, 1, 1)
+    assert "still failing" in (result.reason or "")
+    assert waits == [0.5]  # round 2 waited for the breaker
+    assert owed_enrichment(engine) == [Owed(wid, "insight", "transient")]
+
+    closed = resume_owed(engine, lambda stage, w: None, endpoint_open=lambda: 120.0)
+    assert closed.rounds == 0 and "open for 120 s" in (closed.reason or "") and closed.owed == 1
