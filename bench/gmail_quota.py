@@ -29,6 +29,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import CpuMeter, pids_named, postmaster_pid
+
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = os.environ.get("MAILPIPE_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 GET_COST = {"legacy": 5, "2026": 20}
@@ -130,8 +132,16 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
         env = bench_env(tmp, url, BROKER, info["base_url"], regime)
         os.environ.update(env)
         workers = _workers(env, accounts, Path(tmp))
+        meter = CpuMeter({
+            "workers": lambda: [w.pid for w in workers],
+            "postgres": lambda: postmaster_pid(Path(tmp) / "pg"),
+            "redis (shared)": lambda: pids_named("redis-server"),
+            "gmail server (test double)": lambda: [server.pid] if server.pid else [],
+        })
         try:
+            meter.start()
             durations = _sync_all(url, info)
+            cpu = meter.stop()
         finally:
             for w in workers:
                 w.terminate()
@@ -145,7 +155,8 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
                for email in sorted(info["accounts"])]
     return {"regime": regime, "accounts": accounts, "messages_per_account": messages, "latency": latency,
             "error_rate": error_rate, "results": [asdict(r) for r in results],
-            "aggregate_gets_per_second": round(sum(r.gets_per_second for r in results), 2)}
+            "aggregate_gets_per_second": round(sum(r.gets_per_second for r in results), 2),
+            "cpu": cpu.as_dict()}
 
 
 def _sync_all(url: str, info: dict[str, Any], dispatch: Callable[[int], None] | None = None) -> dict[str, float]:
@@ -219,6 +230,15 @@ def _account_result(email: str, server_side: dict[str, Any], held: set[str], sec
     )
 
 
+def cpu_sentence(cpu: dict[str, Any], messages: int) -> str:
+    """Where the CPU went during the syncs: the machine's busy share and each group's cores and cost."""
+    seconds = max(float(cpu["seconds"]), 1e-9)
+    groups = "; ".join(f"{name} {value / seconds:.2f} cores ({1000 * value / max(messages, 1):.1f} CPU-s per "
+                       "1,000 messages)" for name, value in sorted(cpu["cpu_seconds"].items(), key=lambda kv: -kv[1]))
+    return (f"CPU over the {seconds:.0f} s of syncing: the machine ({cpu['cores']} cores, other jobs included) "
+            f"was {100 * float(cpu['machine_busy']):.0f}% busy; {groups}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regime", choices=["legacy", "2026"], default="legacy")
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['injected_5xx']:>5} {r['sync_seconds']:>7}")
         print(f"ceiling {ceiling:g} gets/s per account; worst share {worst}; aggregate "
               f"{data['aggregate_gets_per_second']} gets/s; missing {missing}")
+        print(cpu_sentence(data["cpu"], sum(r["messages"] for r in data["results"])))
     if args.report:
         from bench.report import write_section
 
@@ -257,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                       ["account", "messages", "missing", "gets/s", "share of ceiling", "units/message", "429s",
                        "injected 5xx"], rows,
                       f"Ceiling {ceiling:g} messages/s per account; worst share {worst} (target ≥ 0.95); "
-                      f"aggregate {data['aggregate_gets_per_second']} gets/s; missing {missing} (target 0).")
+                      f"aggregate {data['aggregate_gets_per_second']} gets/s; missing {missing} (target 0). "
+                      + cpu_sentence(data["cpu"], sum(r["messages"] for r in data["results"])))
     return 0 if worst >= 0.95 and missing == 0 else 1
 
 
