@@ -78,6 +78,12 @@ class LocalEmbedder:
         if not texts:
             return []
         model = self._load()
+        if len(texts) == 1:
+            # A search query: no batch to pad alike, so no counting pass over it first (a few ms of
+            # a search's ~15 ms embedding); its one small tensor shape costs the heap nothing.
+            vector = model.encode(list(texts), batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
+                                  show_progress_bar=False)[0]
+            return [vector.tolist()]
         lengths = self._token_counts(model, texts)
         # Longest first, so each batch pads to similar lengths; the order is put back below.
         # sentence-transformers sorts inside encode() too (by characters); ours, by tokens, also decides
