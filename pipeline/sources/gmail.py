@@ -170,6 +170,8 @@ class GmailClient:
         self.key = account_key
         self._sleep = sleep
         self._service = _build_service(grant, config)
+        self._users_resource: Any = None
+        self._messages_resource: Any = None
         self.units_spent = 0
         self.calls = 0
 
@@ -192,7 +194,7 @@ class GmailClient:
                 params["labelIds"] = list(label_ids)
             if token:
                 params["pageToken"] = token
-            body = self._call("messages.list", lambda p=params: self._users().messages().list(**p))  # type: ignore[misc]
+            body = self._call("messages.list", lambda p=params: self._messages().list(**p))  # type: ignore[misc]
             yield [MessageRef(m["id"], m.get("threadId", m["id"])) for m in body.get("messages", [])]
             token = body.get("nextPageToken")
             if not token:
@@ -306,7 +308,7 @@ class GmailClient:
 
         batch = BatchHttpRequest(callback=collect, batch_uri=self.config.batch_uri)
         for mid in chunk:
-            batch.add(self._users().messages().get(userId="me", id=mid, format=fmt),
+            batch.add(self._messages().get(userId="me", id=mid, format=fmt),
                       request_id=mid)
         # Spent once the batch is built, just before it is sent: a pause another worker sets meanwhile
         # then still holds this one back.
@@ -352,7 +354,16 @@ class GmailClient:
     # ------------------------------------------------------------------ plumbing
 
     def _users(self) -> Any:
-        return self._service.users()
+        # Each users()/messages() call builds a Resource with every method and its docstring: ~0.9 ms
+        # of CPU per call, more than the rest of preparing a get. Built once, reused (one thread each).
+        if self._users_resource is None:
+            self._users_resource = self._service.users()
+        return self._users_resource
+
+    def _messages(self) -> Any:
+        if self._messages_resource is None:
+            self._messages_resource = self._users().messages()
+        return self._messages_resource
 
     def _spend(self, method: str, count: int = 1) -> None:
         units = self.costs.cost(method) * count

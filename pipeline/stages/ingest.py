@@ -6,6 +6,7 @@ Only the header block is parsed here (for the Message-ID); the full parse is nor
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -41,6 +42,17 @@ def ingest_window(session: Session, claim: StageClaim) -> dict[str, int]:
         .where(WindowItem.window_id == claim.window_id, WindowItem.outcome.is_(None))
         .order_by(WindowItem.position)
     ).scalars()
+    # The items' own updates wait for one flush at the end: an autoflush before every upsert cost a
+    # round trip per message (a fifth of an ingest worker's time), flushed together they go as one batch.
+    with session.no_autoflush:
+        _ingest_items(session, claim, items)
+    session.flush()
+    # Counters are totals over the window's items, so a redelivered task recounts, never adds.
+    totals = _item_totals(session, claim.window_id)
+    return {"new_messages": totals["new"], "duplicates": totals["duplicate"], "failed": totals["failed"]}
+
+
+def _ingest_items(session: Session, claim: StageClaim, items: Iterable[WindowItem]) -> None:
     for item in items:
         if item.raw is None and item.gmail_id is not None:
             # The fetch step did not finish this item; the task retries the fetch, never skips it.
@@ -58,10 +70,6 @@ def ingest_window(session: Session, claim: StageClaim) -> dict[str, int]:
         message_id, inserted = _upsert_message(session, claim.account_id, key, rfc_id, item, raw)
         item.outcome = "new" if inserted else "duplicate"
         item.message_id, item.raw = message_id, None
-    session.flush()
-    # Counters are totals over the window's items, so a redelivered task recounts, never adds.
-    totals = _item_totals(session, claim.window_id)
-    return {"new_messages": totals["new"], "duplicates": totals["duplicate"], "failed": totals["failed"]}
 
 
 def _upsert_message(
