@@ -103,6 +103,11 @@ def reauth_advice(email: str, reason: str | None) -> str:
             f"run `mailpipe accounts add {email} --client-secrets FILE`")
 
 
+def quota_key(account_id: int) -> str:
+    """The account's bucket in the shared Gmail quota budget (`pipeline.resilience.quota`)."""
+    return f"account:{account_id}"
+
+
 def gmail_client(engine: Engine, settings: Settings, account_id: int) -> Any:
     """A GmailClient for the account, spending from the account's shared quota budget."""
     from dataclasses import replace
@@ -115,7 +120,7 @@ def gmail_client(engine: Engine, settings: Settings, account_id: int) -> Any:
     costs = CostTable.for_regime(settings.gmail_regime, settings.gmail_quota_per_minute)
     config = GmailConfig.from_settings(settings)
     config = replace(config, batch_size=effective_batch_size(costs, config.batch_size))
-    return GmailClient(grant, config, budget_for(settings, engine), costs, f"account:{account_id}",
+    return GmailClient(grant, config, budget_for(settings, engine), costs, quota_key(account_id),
                        breaker=breakers_for(settings, engine).get(GMAIL))
 
 
@@ -129,6 +134,7 @@ __all__ = [
     "list_accounts",
     "load_grant",
     "mark_needs_reauth",
+    "quota_key",
     "reauth_advice",
     "remove_account",
 ]

@@ -1,4 +1,4 @@
-"""Read models for the CLI (and later the web API): status, contacts, insights, threads."""
+"""Read models for the CLI and the web API: status, runs, contacts, insights, threads."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
-from pipeline.errors import BadInputError
+from pipeline.errors import BadInputError, NotFoundError
 from pipeline.runs import run_progress
 from pipeline.storage.db import transaction
 from pipeline.storage.models import (
+    STAGES,
     Account,
     Contact,
     EmbeddingChunk,
@@ -81,6 +82,40 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
     return out
 
 
+def run_detail(engine: Engine, run_id: int, account_id: int) -> dict[str, Any]:
+    """One run of the account, for the web API: progress per stage (messages, and windows by state),
+    failures by class (and by stage). Another account's run is NotFoundError, like a missing one."""
+    with transaction(engine) as s:
+        owner = s.execute(select(SyncRun.account_id).where(SyncRun.id == run_id)).scalar()
+        if owner != account_id:
+            raise NotFoundError("no such run")
+        states = s.execute(
+            text(" UNION ALL ".join(
+                f"SELECT '{st}', {st}, count(*) FROM windows WHERE run_id = :id GROUP BY {st}" for st in STAGES
+            )),
+            {"id": run_id},
+        ).all()
+        failures = s.execute(
+            select(Failure.stage, Failure.error_class, func.count()).where(Failure.run_id == run_id)
+            .group_by(Failure.stage, Failure.error_class)
+        ).all()
+    out = _run_dict(engine, run_id)
+    p_open = out["windows"] - out["windows_finished"]
+    windows_by_stage: dict[str, dict[str, int]] = {st: {} for st in STAGES}
+    for stage, state, n in states:
+        windows_by_stage[stage][state] = int(n)
+    by_class: dict[str, int] = {}
+    by_stage: dict[str, dict[str, int]] = {}
+    for stage, error_class, n in failures:
+        by_class[error_class] = by_class.get(error_class, 0) + int(n)
+        by_stage.setdefault(stage, {})[error_class] = int(n)
+    for stage, entry in out["stages"].items():
+        entry["windows"] = windows_by_stage[stage]
+    out["windows_open"] = max(p_open, 0)
+    out["failures"] = {"total": sum(by_class.values()), "by_class": by_class, "by_stage": by_stage}
+    return out
+
+
 def _run_dict(engine: Engine, run_id: int) -> dict[str, Any]:
     p = run_progress(engine, run_id)
     return {
@@ -88,6 +123,7 @@ def _run_dict(engine: Engine, run_id: int) -> dict[str, Any]:
         "entries": p.entries, "windows": p.windows_total, "windows_finished": p.windows_finished,
         "stages": {stage: {"messages_done": done, "failed_windows": p.stage_failed_windows[stage]}
                    for stage, done in p.stage_done.items()},
+        "reading_done": p.reading_done, "enrichment_owed": p.enrichment_owed,
         "new_messages": p.new_messages, "duplicates": p.duplicates, "failed": p.failed_messages,
         "gone": p.gone_messages, "quota_units": p.quota_units, "chunks_embedded": p.chunks_embedded,
         "started_at": _iso(p.started_at), "finished_at": _iso(p.finished_at), "error": p.error,
@@ -114,14 +150,15 @@ def top_contacts(engine: Engine, account_id: int, limit: int, half_life_days: fl
             select(Contact).where(Contact.account_id == account_id, Contact.rank_key.is_not(None))
             .order_by(Contact.rank_key.desc(), Contact.id).limit(limit)
         ).scalars().all()
-    return [
-        ContactRow(
-            email=c.email, name=c.name, company=c.company, sent=c.sent_count, received=c.received_count,
-            threads=c.thread_count, first_seen=_iso(c.first_seen), last_seen=_iso(c.last_seen),
-            rank=round(rank_now(c.rank_log, c.sent_count > 0 and c.received_count > 0, now, half_life_days), 4),
-        )
-        for c in rows
-    ]
+    return [contact_row(c, now, half_life_days) for c in rows]
+
+
+def contact_row(c: Contact, now: datetime, half_life_days: float) -> ContactRow:
+    return ContactRow(
+        email=c.email, name=c.name, company=c.company, sent=c.sent_count, received=c.received_count,
+        threads=c.thread_count, first_seen=_iso(c.first_seen), last_seen=_iso(c.last_seen),
+        rank=round(rank_now(c.rank_log, c.sent_count > 0 and c.received_count > 0, now, half_life_days), 4),
+    )
 
 
 def as_dicts(rows: list[ContactRow]) -> list[dict[str, Any]]:

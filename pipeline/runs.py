@@ -94,6 +94,9 @@ def ensure_account(engine: Engine, email: str, own_addresses: Iterable[str], kin
         return int(s.execute(upsert).scalar_one())
 
 
+QUEUED = "queued"  # a run status: a trigger's sync not started yet (at most one per account)
+
+
 def begin_run(engine: Engine, account_id: int, mode: str, source: str, stale_seconds: float) -> int:
     """Open a run for the account, taking over a run whose driver is gone.
 
@@ -101,6 +104,93 @@ def begin_run(engine: Engine, account_id: int, mode: str, source: str, stale_sec
     running run is taken over when its driver process on this host no longer exists, or when its
     heartbeat is older than `stale_seconds` (a driver on another host).
     """
+    _take_over_stale_runs(engine, account_id, stale_seconds)
+    try:
+        with transaction(engine) as s:
+            run_id = s.execute(
+                insert(SyncRun)
+                .values(account_id=account_id, mode=mode, source=source, driver=this_driver())
+                .returning(SyncRun.id)
+            ).scalar_one()
+    except IntegrityError as exc:
+        raise _conflict(engine, account_id, stale_seconds) from exc
+    return int(run_id)
+
+
+def queue_run(session: Session, account_id: int, *, mode: str = "auto", join_running: bool,
+              queued_stale_seconds: float, running_stale_seconds: float) -> tuple[int, bool, str]:
+    """The run a sync trigger stands for, in the caller's transaction: (run id, whether it was created, its
+    status).
+
+    The account's queued run when there is one (triggers coalesce into it until a sync task adopts it);
+    with `join_running`, else its running Gmail sync (not a mailbox import); else a new queued run. The
+    account row is locked first (FOR NO KEY UPDATE, which rows referencing the account do not wait for),
+    so concurrent triggers of one account decide one after the other and create one run. A queued run
+    that no task has touched for `queued_stale_seconds` was lost with its task message and is abandoned;
+    a running run whose heartbeat is older than `running_stale_seconds` is not joined (the new run's
+    sync takes it over). A "full" request makes the queued run it joins full: a full sync covers what
+    an incremental would.
+    """
+    email = session.execute(
+        select(Account.email).where(Account.id == account_id).with_for_update(key_share=True)
+    ).scalar_one()
+    rows = session.execute(
+        text(
+            # Two selects, so that each is served by its partial unique index.
+            "(SELECT id, status, mode, heartbeat_at < now() - make_interval(secs => :qs) FROM sync_runs "
+            "WHERE account_id = :a AND status = 'queued') UNION ALL "
+            "(SELECT id, status, mode, heartbeat_at < now() - make_interval(secs => :rs) FROM sync_runs "
+            "WHERE account_id = :a AND status = 'running' AND source LIKE 'gmail:%')"
+        ),
+        {"a": account_id, "qs": float(queued_stale_seconds), "rs": float(running_stale_seconds)},
+    ).all()
+    for run_id, status, run_mode, stale in sorted(rows, key=lambda r: r[1] != QUEUED):
+        if status == QUEUED:
+            if not stale:
+                if mode == "full" and run_mode != "full":
+                    session.execute(update(SyncRun).where(SyncRun.id == run_id).values(mode="full"))
+                return int(run_id), False, QUEUED
+            session.execute(
+                update(SyncRun).where(SyncRun.id == run_id).values(
+                    status="abandoned", finished_at=func.now(),
+                    error=f"no sync task started it within {int(queued_stale_seconds)} s (its task was lost); "
+                          "a new run was queued")
+            )
+        elif join_running and not stale:
+            return int(run_id), False, RUNNING
+    run_id = session.execute(
+        insert(SyncRun)
+        .values(account_id=account_id, mode=mode, source=f"gmail:{email}", status=QUEUED)
+        .returning(SyncRun.id)
+    ).scalar_one()
+    return int(run_id), True, QUEUED
+
+
+def adopt_queued_run(engine: Engine, account_id: int, stale_seconds: float) -> tuple[int, str] | None:
+    """A sync task starts: the account's queued run becomes running, driven by this process.
+
+    Returns the run id and the mode it was queued with, or None when nothing is queued. While another
+    run is running (and not stale) the queued run stays queued, marked as waited for so that it is
+    not taken for lost, and RunConflictError says so: the task retries later.
+    """
+    _take_over_stale_runs(engine, account_id, stale_seconds)
+    try:
+        with transaction(engine) as s:
+            row = s.execute(
+                update(SyncRun)
+                .where(SyncRun.account_id == account_id, SyncRun.status == QUEUED)
+                .values(status=RUNNING, driver=this_driver(), started_at=func.now(), heartbeat_at=func.now())
+                .returning(SyncRun.id, SyncRun.mode)
+            ).first()
+    except IntegrityError as exc:
+        with transaction(engine) as s:
+            s.execute(update(SyncRun).where(SyncRun.account_id == account_id, SyncRun.status == QUEUED)
+                      .values(heartbeat_at=func.now()))
+        raise _conflict(engine, account_id, stale_seconds) from exc
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _take_over_stale_runs(engine: Engine, account_id: int, stale_seconds: float) -> None:
     with transaction(engine) as s:
         for run in s.execute(
             select(SyncRun).where(SyncRun.account_id == account_id, SyncRun.status == RUNNING).with_for_update()
@@ -112,23 +202,17 @@ def begin_run(engine: Engine, account_id: int, mode: str, source: str, stale_sec
             if stale or driver_is_dead(run.driver):
                 run.status, run.finished_at = "abandoned", func.now()
                 run.error = "its driver stopped; taken over by a new run"
-    try:
-        with transaction(engine) as s:
-            run_id = s.execute(
-                insert(SyncRun)
-                .values(account_id=account_id, mode=mode, source=source, driver=this_driver())
-                .returning(SyncRun.id)
-            ).scalar_one()
-    except IntegrityError as exc:
-        with transaction(engine) as s:
-            active = s.execute(
-                select(SyncRun.id).where(SyncRun.account_id == account_id, SyncRun.status == RUNNING)
-            ).scalar()
-        raise RunConflictError(
-            f"run {active} is already active for this account; wait for it to finish "
-            f"(a run whose process died is taken over after {int(stale_seconds)} s)"
-        ) from exc
-    return int(run_id)
+
+
+def _conflict(engine: Engine, account_id: int, stale_seconds: float) -> RunConflictError:
+    with transaction(engine) as s:
+        active = s.execute(
+            select(SyncRun.id).where(SyncRun.account_id == account_id, SyncRun.status == RUNNING)
+        ).scalar()
+    return RunConflictError(
+        f"run {active} is already active for this account; wait for it to finish "
+        f"(a run whose process died is taken over after {int(stale_seconds)} s)"
+    )
 
 
 def this_driver() -> str:
@@ -152,10 +236,11 @@ def driver_is_dead(driver: str | None) -> bool:
 
 
 def abandon_run(engine: Engine, run_id: int, reason: str) -> None:
+    """End a running or queued run that will not finish, saying why."""
     with transaction(engine) as s:
         s.execute(
             update(SyncRun)
-            .where(SyncRun.id == run_id, SyncRun.status == RUNNING)
+            .where(SyncRun.id == run_id, SyncRun.status.in_((RUNNING, QUEUED)))
             .values(status="abandoned", error=reason, finished_at=func.now())
         )
 
@@ -455,10 +540,12 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
 
 
 __all__ = [
+    "QUEUED",
     "RunProgress",
     "StageClaim",
     "abandon_run",
     "add_window",
+    "adopt_queued_run",
     "begin_run",
     "claim_stage",
     "complete_stage",
@@ -470,6 +557,7 @@ __all__ = [
     "maybe_finish_run",
     "open_window_ids",
     "open_windows",
+    "queue_run",
     "settle_claim",
     "record_failure",
     "run_progress",

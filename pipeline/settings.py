@@ -181,6 +181,36 @@ class Settings(BaseSettings):
         "insights wait (owed enrichment) for the next day. 0 allows no call."
     )
 
+    # The web API (`mailpipe serve`)
+    web_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body the web API reads (413 beyond), checked "
+        "from Content-Length and again while reading."
+    )
+    web_signature_tolerance_seconds: int = Field(
+        default=300, ge=1, description="How far a signed trigger's X-Mailpipe-Timestamp may be from the server's "
+        "clock; a signature is single-use for as long as its timestamp is within this window."
+    )
+    web_db_pool_size: int = Field(
+        default=10, ge=1, description="Database connections each web server process keeps (plus 5 overflow)."
+    )
+    sync_queued_stale_seconds: float = Field(
+        default=3600.0, gt=0, description="A queued sync run no worker has picked up for this long is taken for "
+        "lost (its task message gone): the next trigger abandons it and queues a new one."
+    )
+    push_token: SecretStr | None = Field(
+        default=None, description="Shared secret of the Gmail push endpoint: the Pub/Sub push subscription's URL "
+        "carries it as ?token=...; unset: the endpoint refuses every request."
+    )
+    push_audience: str | None = Field(
+        default=None, description="Expected `aud` of the OIDC token Pub/Sub sends as Authorization: Bearer (when "
+        "the subscription has push authentication); unset: the token, if any, is not checked."
+    )
+    push_jwt_certs_url: str | None = Field(
+        default=None, description="Where the push OIDC token's signing certificates are "
+        "(https://www.googleapis.com/oauth2/v1/certs for Google's). Without it the token's signature cannot be "
+        "verified: only its audience is compared, and ?token= remains the endpoint's authentication."
+    )
+
     @property
     def pgdata(self) -> Path:
         return self.home / "pgdata"

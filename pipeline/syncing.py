@@ -94,11 +94,22 @@ def sync_account(
     mode: str = "auto",
     on_tick: Tick | None = None,
     alive: Callable[[], bool] | None = None,
+    run_id: int | None = None,
 ) -> SyncSummary:
+    """Sync the account in a new run, or in `run_id`: a queued run the caller has just adopted
+    (`pipeline.runs.adopt_queued_run`), which this then owns, and abandons when it cannot sync."""
     started = time.monotonic()
-    email, cursor, newest = _account_state(engine, account_id)
-    plan = plan_sync(cursor, newest, mode, settings.gmail_catchup_margin_days)
-    run_id = begin_run(engine, account_id, plan.mode, f"gmail:{email}", settings.run_stale_seconds)
+    try:
+        email, cursor, newest = _account_state(engine, account_id)
+        plan = plan_sync(cursor, newest, mode, settings.gmail_catchup_margin_days)
+    except BaseException as exc:
+        if run_id is not None:
+            abandon_run(engine, run_id, f"the sync could not start: {exc}"[:2000])
+        raise
+    if run_id is None:
+        run_id = begin_run(engine, account_id, plan.mode, f"gmail:{email}", settings.run_stale_seconds)
+    else:
+        _set_run_mode(engine, run_id, plan.mode, source=f"gmail:{email}")
     options = DriveOptions(settings.window_size, settings.windows_in_flight,
                            stall_seconds=settings.stage_time_limit + 60)
     driver = Driver(engine, run_id, options, dispatch, on_tick=on_tick, alive=alive)
@@ -206,9 +217,10 @@ def _set_run_history(engine: Engine, run_id: int, history_id: int) -> None:
         s.execute(update(SyncRun).where(SyncRun.id == run_id).values(history_id=history_id))
 
 
-def _set_run_mode(engine: Engine, run_id: int, mode: str) -> None:
+def _set_run_mode(engine: Engine, run_id: int, mode: str, source: str | None = None) -> None:
+    values = {"mode": mode} if source is None else {"mode": mode, "source": source}
     with transaction(engine) as s:
-        s.execute(update(SyncRun).where(SyncRun.id == run_id).values(mode=mode))
+        s.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
 
 
 def _advance_cursor(engine: Engine, account_id: int, run_id: int, progress: RunProgress) -> None:

@@ -1,4 +1,4 @@
-"""The `mailpipe` command line: import, status, search, contacts, insights, demo."""
+"""The `mailpipe` command line: import, sync, status, search, contacts, insights, serve, demo."""
 
 from __future__ import annotations
 
@@ -231,6 +231,82 @@ def accounts_keygen() -> None:
     from pipeline.credentials import new_key
 
     out.print(new_key())
+
+
+@accounts_app.command("token")
+def accounts_token(
+    email: str = typer.Argument(..., help="The account the token may read and sync (and nothing else)."),
+    name: str = typer.Option("", "--name", help="A note saying what the token is for."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a web API token for one account. It is printed once: only its hash is stored."""
+    from pipeline.accounts import account_id_for
+    from pipeline.api_auth import issue_token
+
+    with runtime(Settings()) as rt:
+        issued = issue_token(rt.engine, account_id_for(rt.engine, email), name)
+    if as_json:
+        _json({"id": issued.id, "account": email.strip().lower(), "token": issued.token, "prefix": issued.prefix,
+               "name": issued.name})
+        return
+    sys.stdout.write(issued.token + "\n")
+    err.print(f"token {issued.id} for {email.strip().lower()}: shown this once; send it as "
+              "`Authorization: Bearer <token>`", highlight=False)
+
+
+@accounts_app.command("tokens")
+def accounts_tokens(email: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+    """The account's web API tokens (their first characters only) and whether they are revoked."""
+    from pipeline.accounts import account_id_for
+    from pipeline.api_auth import list_tokens
+
+    with runtime(Settings()) as rt:
+        rows = list_tokens(rt.engine, account_id_for(rt.engine, email))
+    if as_json:
+        _json({"account": email.strip().lower(), "tokens": rows})
+        return
+    table = Table(title=f"API tokens of {email.strip().lower()}", title_justify="left")
+    for col in ("id", "prefix", "name", "created", "revoked"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), r["prefix"] + "…", r["name"], r["created_at"][:19], (r["revoked_at"] or "")[:19])
+    out.print(table)
+
+
+@accounts_app.command("revoke-token")
+def accounts_revoke_token(email: str = typer.Argument(...), token_id: int = typer.Argument(...),
+                          as_json: bool = JsonOpt) -> None:
+    """Revoke one of the account's web API tokens (by the id `accounts tokens` shows)."""
+    from pipeline.accounts import account_id_for
+    from pipeline.api_auth import revoke_token
+
+    with runtime(Settings()) as rt:
+        revoked = revoke_token(rt.engine, account_id_for(rt.engine, email), token_id)
+    if not revoked:
+        raise BadInputError(f"{email} has no live token {token_id}; see `mailpipe accounts tokens {email}`")
+    if as_json:
+        _json({"account": email.strip().lower(), "revoked": token_id})
+    else:
+        out.print(f"revoked token {token_id}")
+
+
+@accounts_app.command("webhook-secret")
+def accounts_webhook_secret(email: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+    """The secret that signs sync triggers for this account (derived from MAILPIPE_SECRET_KEY)."""
+    from pipeline.accounts import account_id_for
+    from pipeline.api_auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_secret
+
+    settings = Settings()
+    secret = webhook_secret(settings, email)  # no key: ConfigError before anything starts
+    with runtime(settings) as rt:
+        account_id_for(rt.engine, email)
+    if as_json:
+        _json({"account": email.strip().lower(), "secret": secret, "timestamp_header": TIMESTAMP_HEADER,
+               "signature_header": SIGNATURE_HEADER})
+        return
+    sys.stdout.write(secret + "\n")
+    err.print(f"sign POST /v1/accounts/{email.strip().lower()}/sync with {TIMESTAMP_HEADER}: <unix seconds> and "
+              f'{SIGNATURE_HEADER}: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>', highlight=False)
 
 
 def _do_sync(settings: Settings, email: str, mode: str, as_json: bool) -> SyncSummary:
@@ -659,6 +735,32 @@ def _demo_gmail(sample: Path, as_json: bool) -> SyncSummary:
         err.print(f"server side: {sum(stats['calls'].values())} calls, {stats['units']} quota units, "
                   f"{len(stats['batch_items'])} batch requests", highlight=False)
     return summary
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each with its own connections)."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
+) -> None:
+    """Serve the web API: sync triggers, Gmail push, run progress, search, contacts, threads; docs at /docs.
+
+    Triggered syncs are queued on the `sync` queue: run `celery -A tasks worker -Q sync` (and the stage
+    workers) to carry them out.
+    """
+    import contextlib
+
+    import uvicorn
+
+    settings = Settings()
+    # Migrated, and the URLs resolved (the embedded database started if none is configured) into the
+    # environment, where every server process reads them.
+    # uvicorn re-raises the Ctrl-C (or SIGTERM) it shut down on: that is how a server stops, not an error.
+    with runtime(settings), contextlib.suppress(KeyboardInterrupt):
+        # No lifespan: the app has no startup or shutdown handlers (its resources are made with it).
+        uvicorn.run("tasks.web:create_app", factory=True, host=host, port=port, workers=workers,
+                    access_log=access_log, log_level="info", lifespan="off")
 
 
 @app.command()

@@ -26,6 +26,8 @@ ROUTES = {
 }
 
 PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
+# Publishing while a client waits (the web API): one quick retry, then the request fails with 503.
+REQUEST_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}
 
 
 def broker_url_for(settings: Settings, database_url: str) -> str:

@@ -9,11 +9,12 @@ from celery import Task
 
 from pipeline.accounts import gmail_client
 from pipeline.errors import MailpipeError, RunConflictError
-from pipeline.push import renew_watch, request_sync, start_requested_sync, watched_accounts
+from pipeline.push import abandon_queued_sync, renew_watch, request_sync, start_requested_sync, watched_accounts
 from pipeline.syncing import sync_account
 from tasks import context
 from tasks.app import app
 from tasks.chains import dispatch_window
+from tasks.config import REQUEST_PUBLISH_RETRY_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +23,22 @@ SYNC_TIME_LIMIT = 24 * 3600  # a full sync of a large mailbox at the 2026 quota 
 
 
 # Not acks_late: a sync drives a whole run; redelivered after a crash it would race the run's
-# takeover. A lost sync is recovered by the next trigger (the beat's poll), which resumes the run.
+# takeover. A lost sync leaves its run queued: a trigger after Settings.sync_queued_stale_seconds
+# abandons it and queues a new one, which resumes the work (known ids are not fetched again).
 @app.task(bind=True, name="mailpipe.sync", acks_late=False, time_limit=SYNC_TIME_LIMIT,
           soft_time_limit=SYNC_TIME_LIMIT - 60)
 def sync(self: Task, account_id: int, mode: str = "auto") -> dict[str, Any]:
     engine, settings = context.engine(), context.settings()
-    start_requested_sync(engine, account_id)
     try:
-        summary = sync_account(engine, settings, account_id, gmail_client(engine, settings, account_id),
-                               dispatch_window, mode=mode)
+        client = gmail_client(engine, settings, account_id)
+    except MailpipeError as exc:  # e.g. the grant was refused: the queued run (and the API) says why
+        abandon_queued_sync(engine, account_id, f"the sync could not start: {exc}")
+        raise
+    try:
+        # The run a trigger queued (its id already answered to the web API) becomes this sync's run.
+        adopted = start_requested_sync(engine, account_id, settings.run_stale_seconds)
+        run_id, mode = adopted if adopted else (None, mode)
+        summary = sync_account(engine, settings, account_id, client, dispatch_window, mode=mode, run_id=run_id)
     except RunConflictError as exc:
         raise self.retry(countdown=RUN_CONFLICT_COUNTDOWN, max_retries=120, exc=exc) from exc
     return summary.as_dict()
@@ -40,9 +48,18 @@ def enqueue_sync(account_id: int) -> None:
     sync.apply_async((account_id,))
 
 
+def publish_sync(account_id: int) -> None:
+    """Publish a sync for a request being answered (the web API): a broker that does not answer within
+    about a second fails the request (503) instead of holding it for the stages' long retry policy."""
+    sync.apply_async((account_id,), retry_policy=REQUEST_PUBLISH_RETRY_POLICY)
+
+
 def trigger_sync(account_id: int) -> str:
     """Queue a sync unless one is queued already; the status says which."""
-    return request_sync(context.engine(), account_id, enqueue_sync).status
+    settings = context.settings()
+    return request_sync(context.engine(), account_id, enqueue_sync,
+                        queued_stale_seconds=settings.sync_queued_stale_seconds,
+                        running_stale_seconds=settings.run_stale_seconds).status
 
 
 @app.task(name="mailpipe.renew_watches")

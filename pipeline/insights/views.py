@@ -34,10 +34,10 @@ def insight_rows(engine: Engine, account_id: int, limit: int, *, needs_reply: st
         if category:
             q = q.where(Insight.category == category)
         rows = s.execute(q).all()
-    return [_insight_dict(i, t) for i, t in rows]
+    return [insight_dict(i, t) for i, t in rows]
 
 
-def _insight_dict(i: Insight, t: Thread) -> dict[str, Any]:
+def insight_dict(i: Insight, t: Thread) -> dict[str, Any]:
     return {
         "thread_id": t.id, "subject": t.subject, "messages": t.message_count, "last_at": _iso(t.last_at),
         "category": i.category, "needs_reply": i.needs_reply, "summary": i.summary,
@@ -60,7 +60,7 @@ def thread_detail(engine: Engine, thread_id: int) -> dict[str, Any]:
         return {
             "thread_id": thread.id, "subject": thread.subject, "message_count": thread.message_count,
             "first_at": _iso(thread.first_at), "last_at": _iso(thread.last_at),
-            "insight": _insight_dict(insight, thread) if insight else None,
+            "insight": insight_dict(insight, thread) if insight else None,
             "messages": [
                 {"id": m.id, "date": _iso(m.sent_at), "from": m.from_email, "from_name": m.from_name,
                  "from_me": bool(m.from_me), "subject": m.subject, "category": m.category,

@@ -504,7 +504,9 @@ def steady_rate(per_minute: float, capacity: float) -> float:
     return max(per_minute - capacity, capacity) / 60.0
 
 
-def budget_for(settings: Settings, engine: Engine) -> QuotaBudget:
+def budget_for(settings: Settings, engine: Engine, *, redis_client: redis.Redis | None = None) -> QuotaBudget:
+    """The shared budget: in Redis when there is one (through `redis_client` if given, e.g. one that gives
+    up quickly for a request being answered), else in PostgreSQL."""
     table = CostTable.for_regime(settings.gmail_regime, settings.gmail_quota_per_minute)
     batch = effective_batch_size(table, settings.gmail_batch_size)
     capacity = batch_capacity(table, batch, table.per_user_per_minute / 60.0)
@@ -512,7 +514,7 @@ def budget_for(settings: Settings, engine: Engine) -> QuotaBudget:
     url = shared_redis_url(settings)
     if url is None:
         return PostgresQuotaBudget(engine, rate, capacity)
-    return RedisQuotaBudget(shared_redis_client(url), rate, capacity)
+    return RedisQuotaBudget(redis_client or shared_redis_client(url), rate, capacity)
 
 
 # ---------------------------------------------------------------- server hints

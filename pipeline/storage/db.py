@@ -34,12 +34,17 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def engine_for(url: str, *, pool_size: int = 5) -> Engine:
-    """One engine per URL per process (workers fork: engines are made after the fork)."""
+def engine_for(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engine:
+    """One engine per URL per process (workers fork: engines are made after the fork).
+
+    `pre_ping` tests each connection as it leaves the pool (a round trip). A web server, whose requests
+    are short and retried by their callers, goes without: after a database restart the first request
+    on each dead connection fails (503) and the pool is refreshed.
+    """
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(url, pool_size=pool_size, max_overflow=5, pool_pre_ping=True)
+            engine = create_engine(url, pool_size=pool_size, max_overflow=5, pool_pre_ping=pre_ping)
             _set_statement_timeout(engine)
             _engines[url] = engine
         return engine

@@ -71,8 +71,6 @@ class Account(Base):
     history_id: Mapped[int | None] = mapped_column(BigInteger)
     last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     watch_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Set when a trigger queued a sync that has not started yet: later triggers coalesce into it.
-    sync_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
 
 
@@ -86,6 +84,14 @@ class SyncRun(Base):
             unique=True,
             postgresql_where=text("status = 'running'"),
         ),
+        # At most one queued run per account (migration 0008): a trigger finds it and coalesces into it,
+        # and the sync task that starts adopts it (`pipeline.runs.queue_run`, `adopt_queued_run`).
+        Index(
+            "uq_sync_runs_one_queued",
+            "account_id",
+            unique=True,
+            postgresql_where=text("status = 'queued'"),
+        ),
         Index("ix_sync_runs_account_id_started_at", "account_id", "started_at"),
     )
 
@@ -93,7 +99,8 @@ class SyncRun(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     mode: Mapped[str] = mapped_column(String(16))  # import | full | incremental
     source: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), server_default="running")  # running|done|failed|abandoned
+    # queued (a trigger's, not started yet) | running | done | failed | abandoned
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
     reading_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     entries: Mapped[int] = mapped_column(Integer, server_default="0")
     windows_total: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -410,3 +417,31 @@ class GmailAlias(Base):
     gmail_id: Mapped[str] = mapped_column(Text, primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+
+
+class ApiToken(Base):
+    """A web API bearer token, scoped to one account. Only its SHA-256 is stored (`pipeline.api_auth`)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the token's first characters, to tell tokens apart
+    name: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SeenSignature(Base):
+    """A signed trigger already accepted, kept while its timestamp is within the tolerance: a replay is refused.
+
+    Used when there is no Redis (which keeps them as expiring keys instead).
+    """
+
+    __tablename__ = "seen_signatures"
+    __table_args__ = (Index("ix_seen_signatures_expires_at", "expires_at"),)
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
