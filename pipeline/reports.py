@@ -1,4 +1,4 @@
-"""Read models for the CLI (and later the web API): status, contacts, insights, threads."""
+"""Read models for the CLI (and later the web API): status and operations, contacts, insights, threads."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import Engine, func, select
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
 from pipeline.errors import BadInputError
+from pipeline.metrics import Snapshot, as_status
 from pipeline.runs import run_progress
 from pipeline.storage.db import transaction
 from pipeline.storage.models import (
@@ -79,6 +80,17 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
     for entry in out:
         entry["runs"] = [_run_dict(engine, rid) for rid in entry.pop("_run_ids")]
     return out
+
+
+def operations(snap: Snapshot) -> dict[str, Any]:
+    """The operational picture for `mailpipe status`: breakers, queues, workers, quota, paused accounts,
+    recent failures by class, stuck runs (a part that could not be read is None, and named in `unreadable`)."""
+    breakers = [
+        {"name": b.name, "state": b.state, "failures": b.failures, "opened_at": _iso(b.opened_at),
+         "retry_after": round(b.retry_after, 1)}
+        for b in snap.breakers or []
+    ]
+    return {"breakers": breakers, **as_status(snap)}
 
 
 def _run_dict(engine: Engine, run_id: int) -> dict[str, Any]:
