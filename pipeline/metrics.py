@@ -40,6 +40,7 @@ from sqlalchemy import Engine, text
 from pipeline.maintenance import StuckRun, stuck_runs
 from pipeline.resilience.breakers import CLOSED, HALF_OPEN, OPEN, BreakerState, breaker_states
 from pipeline.resilience.quota import CostTable, budget_for
+from pipeline.resilience.shared_redis import shared_redis_url
 from pipeline.settings import Settings
 from pipeline.storage.db import transaction
 from pipeline.storage.models import STAGES
@@ -333,11 +334,15 @@ def collect(engine: Engine, settings: Settings, store: MetricsStore | None,
             snap.errors[name] = f"{type(exc).__name__}: {exc}"[:300]
             return None
 
+    # One quick ping first: the breaker and quota readers ride out a Redis restart by retrying for ~25 s
+    # (pipeline.resilience.shared_redis), which would stall a scrape; with Redis down they are skipped.
+    redis_up = store is None or part("redis", store.client.ping) is not None
+    shared_state_up = redis_up or shared_redis_url(settings) is None  # breakers and quota may be in Postgres
     if queue_depths is not None:
         snap.queues = part("queues", queue_depths)
     if unacked is not None:
         snap.unacked = part("unacked", unacked)
-    if store is not None:
+    if store is not None and redis_up:
         snap.stage_messages = part("stage_messages", store.stage_totals)
         snap.stage_rates = part("stage_rates", store.stage_rates)
         snap.latencies = part("latencies", store.latencies)
@@ -345,8 +350,9 @@ def collect(engine: Engine, settings: Settings, store: MetricsStore | None,
         snap.workers = part("workers", store.workers)
     snap.failures = part("failures", lambda: failure_counts(engine))
     snap.recent_failures = part("recent_failures", lambda: failure_counts(engine, recent_hours))
-    snap.breakers = part("breakers", lambda: breaker_states(settings, engine))
-    snap.quota = part("quota", lambda: quota_use(engine, settings))
+    if shared_state_up:
+        snap.breakers = part("breakers", lambda: breaker_states(settings, engine))
+        snap.quota = part("quota", lambda: quota_use(engine, settings))
     snap.inactive_accounts = part("accounts", lambda: account_states(engine))
     snap.runs_running = part("runs", lambda: running_runs(engine))
     snap.stuck = part("stuck_runs", lambda: stuck_runs(engine, settings))
@@ -497,13 +503,13 @@ def as_status(snap: Snapshot) -> dict[str, Any]:
          "paused_until": iso(q.paused_until)}
         for q in snap.quota
     ]
-    paused = None if snap.quota is None else [
-        {"account": q.account, "reason": "Gmail rate limit", "resumes_at": iso(q.paused_until)}
-        for q in snap.quota if q.paused_until
-    ]
-    if paused is not None and snap.inactive_accounts:
+    paused: list[dict[str, Any]] | None = None
+    if snap.quota is not None or snap.inactive_accounts is not None:
+        # A 429 pauses an account until a known time; an account waiting on its user has none.
+        paused = [{"account": q.account, "reason": "Gmail rate limit", "resumes_at": iso(q.paused_until)}
+                  for q in snap.quota or [] if q.paused_until]
         paused += [{"account": e, "reason": f"{st}: {r}" if r else st, "resumes_at": None}
-                   for e, st, r in snap.inactive_accounts]
+                   for e, st, r in snap.inactive_accounts or []]
     return {
         "queues": snap.queues,
         "unacked": snap.unacked,

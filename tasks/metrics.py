@@ -6,7 +6,9 @@ returns (body, content type) of mailpipe's metrics in Prometheus' text format, c
 shared state only (PostgreSQL, the Redis every worker records into, the broker's queues), so any process
 can serve it: the web app mounts it at /metrics. `redis` is a client of mailpipe's shared Redis; None
 makes one from the settings (MAILPIPE_REDIS_URL, else a Redis broker), and without any Redis the series
-recorded there are left out. Series and where they come from: pipeline/metrics.py.
+recorded there are left out. `queues`: whose depth to report (default: every mailpipe queue). It does
+blocking I/O (a few queries, a few Redis round trips): from FastAPI, call it in a plain `def` route, which
+runs in the thread pool. Series and where they come from: pipeline/metrics.py.
 
 What workers record, cheaply: each task's end is one pipelined round trip to Redis (latency bucket,
 count, sum, end state, and a stage's messages); a task that raises adds one HINCRBY (errors by task and
@@ -17,6 +19,7 @@ is skipped for REDIS_BACKOFF_SECONDS: metrics never slow or fail a task.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -56,6 +59,12 @@ def metrics_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
 
 
+@functools.cache
+def _scrape_client(url: str) -> redis.Redis:
+    # One pool per URL for the life of the serving process (the web app scrapes every few seconds).
+    return metrics_client(url)
+
+
 def exposition(engine: Engine, settings: Settings, redis: redis.Redis | None = None, *,
                queues: Sequence[str] = ALL_QUEUES) -> tuple[bytes, str]:
     """mailpipe's metrics in Prometheus' text format: (body, content type). See the module docstring."""
@@ -66,11 +75,11 @@ def snapshot(engine: Engine, settings: Settings, redis: redis.Redis | None = Non
              queues: Sequence[str] = ALL_QUEUES) -> Snapshot:
     """Everything `exposition` and `mailpipe status` show, read once; `queues`: whose depth to report."""
     shared = shared_redis_url(settings)
-    client = redis if redis is not None else (metrics_client(shared) if shared else None)
+    client = redis if redis is not None else (_scrape_client(shared) if shared else None)
     store = MetricsStore(client, settings.metrics_key_prefix) if client is not None else None
     broker = settings.broker_url or ""
     if broker.startswith(("redis://", "rediss://")):
-        lists = client if client is not None and broker == shared else metrics_client(broker)
+        lists = client if client is not None and broker == shared else _scrape_client(broker)
         return collect(engine, settings, store, lambda: redis_queue_depths(lists, queues),
                        lambda: redis_unacked(lists))
     if not broker or broker.startswith("sqla+"):  # kombu's SQLAlchemy transport on mailpipe's database

@@ -231,3 +231,26 @@ def test_status_shows_the_operational_picture(engine: Engine, settings: Settings
     assert "queues: ingest" in human.stdout and "quota me@example.com: 0 of 15000 units" in human.stdout
     assert f"stuck: run {run} of me@example.com" in human.stderr
     assert "paused: me@example.com (Gmail rate limit) until" in human.stderr
+
+
+def test_exposition_answers_at_once_when_redis_is_down(engine: Engine, mailpipe_env: dict[str, str]) -> None:
+    from tasks.metrics import exposition, metrics_client
+
+    down = "redis://127.0.0.1:1/0"  # nothing listens there
+    settings = Settings(broker_url=down, redis_url=down)
+    account = ensure_account(engine, "me@example.com", [], kind="gmail")
+    run = begin_run(engine, account, "full", "test", stale_seconds=60)
+    window = add_window(engine, run, 0, [RawMessage("a", b"x")])
+    with transaction(engine) as s:
+        record_failure(s, account, run, window, "a", "ingest", "transient", "why")
+    started = time.monotonic()
+    series = parse(exposition(engine, settings, metrics_client(down))[0])
+    assert time.monotonic() - started < 5  # not the ~25 s the shared-state clients retry for
+    assert value(series, "mailpipe_metrics_errors", part="redis") == 1
+    assert value(series, "mailpipe_metrics_errors", part="queues") == 1
+    # What PostgreSQL holds is still reported; what lives in Redis is absent, not zero.
+    assert value(series, "mailpipe_failures", stage="ingest", error_class="transient") == 1
+    assert value(series, "mailpipe_runs_running") == 1
+    names = {name for name, _ in series}
+    assert not names & {"mailpipe_queue_depth", "mailpipe_breaker_state", "mailpipe_gmail_quota_tokens",
+                        "mailpipe_worker_rss_bytes", "mailpipe_task_latency_seconds_count"}
