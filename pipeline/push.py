@@ -135,8 +135,25 @@ def watched_accounts(engine: Engine) -> list[int]:
         return [int(r) for r in rows.scalars()]
 
 
+def accounts_to_poll(engine: Engine, busy_seconds: float) -> tuple[list[int], list[int]]:
+    """(due, busy): active Gmail accounts for a scheduled poll, and those skipped because a sync of theirs is
+    running with its driver heard from in the last `busy_seconds`.
+
+    A poll queued behind a running sync would only retry on the account's lock until the run ends, and a
+    full sync can take hours; that run, or the next poll, covers the account. A run whose driver went
+    silent does not count: the poll's sync takes it over (pipeline.runs.begin_run)."""
+    busy_since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, busy_seconds)
+    with transaction(engine) as s:
+        running = select(SyncRun.id).where(SyncRun.account_id == Account.id, SyncRun.status == "running",
+                                           SyncRun.heartbeat_at > busy_since).exists()
+        rows = s.execute(select(Account.id, running).where(Account.kind == "gmail", Account.status == "active")
+                         .order_by(Account.id)).all()
+    return [int(a) for a, busy in rows if not busy], [int(a) for a, busy in rows if busy]
+
+
 __all__ = [
     "PushNotice",
+    "accounts_to_poll",
     "PushOutcome",
     "abandon_queued_sync",
     "handle_push",

@@ -1,4 +1,4 @@
-"""Read models for the CLI and the web API: status, runs, contacts, insights, threads."""
+"""Read models for the CLI and the web API: status and operations, runs, contacts, insights, threads."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import Engine, func, select, text
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
 from pipeline.errors import BadInputError, NotFoundError
+from pipeline.metrics import Snapshot, as_status
 from pipeline.runs import run_progress
 from pipeline.storage.db import transaction
 from pipeline.storage.models import (
@@ -114,6 +115,17 @@ def run_detail(engine: Engine, run_id: int, account_id: int) -> dict[str, Any]:
     out["windows_open"] = max(p_open, 0)
     out["failures"] = {"total": sum(by_class.values()), "by_class": by_class, "by_stage": by_stage}
     return out
+
+
+def operations(snap: Snapshot) -> dict[str, Any]:
+    """The operational picture for `mailpipe status`: breakers, queues, workers, quota, paused accounts,
+    recent failures by class, stuck runs (a part that could not be read is None, and named in `unreadable`)."""
+    breakers = [
+        {"name": b.name, "state": b.state, "failures": b.failures, "opened_at": _iso(b.opened_at),
+         "retry_after": round(b.retry_after, 1)}
+        for b in snap.breakers or []
+    ]
+    return {"breakers": breakers, **as_status(snap)}
 
 
 def _run_dict(engine: Engine, run_id: int) -> dict[str, Any]:

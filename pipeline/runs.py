@@ -72,6 +72,7 @@ class StageClaim:
     account_id: int
     attempts: int
     upstream_state: str | None
+    size: int = 0  # messages in the window
 
 
 # ---------------------------------------------------------------- accounts and runs
@@ -363,13 +364,13 @@ def claim_stage(engine: Engine, window_id: int, stage: str) -> StageClaim | None
                 f"to_jsonb(coalesce((w.attempts->>'{stage}')::int, 0) + 1)) "
                 f"FROM sync_runs r WHERE w.id = :id AND r.id = w.run_id AND w.{stage} NOT IN {_TERMINAL_SQL} "
                 f"RETURNING w.run_id, r.account_id, (w.attempts->>'{stage}')::int, "
-                + (f"w.{up}" if up else "NULL")
+                + (f"w.{up}" if up else "NULL") + ", w.size"
             ),
             {"id": window_id},
         ).first()
     if row is None:
         return None
-    return StageClaim(window_id, int(row[0]), int(row[1]), int(row[2]), row[3])
+    return StageClaim(window_id, int(row[0]), int(row[1]), int(row[2]), row[3], int(row[4]))
 
 
 def complete_stage(session: Session, window_id: int, stage: str, **counters: int) -> None:

@@ -104,6 +104,49 @@ class Settings(BaseSettings):
         "once the endpoint answers again, resumes it."
     )
 
+    # Schedules (one `celery -A tasks beat`) and upkeep (pipeline/maintenance.py)
+    gmail_sync_interval_seconds: float = Field(
+        default=900.0, ge=0, description="How often beat queues an incremental sync of every active Gmail account "
+        "(push notifications can be late or lost, so a poll stays); 0: no scheduled syncs."
+    )
+    gmail_sync_jitter_seconds: float = Field(
+        default=60.0, ge=0, description="Each account's scheduled sync starts at a random point of this window "
+        "(at most the interval), so accounts do not all call Google and take the sync workers at once."
+    )
+    watch_renew_seconds: float = Field(
+        default=86_400.0, gt=0, description="How often beat renews Gmail push watches (they lapse after 7 days); "
+        "only scheduled when MAILPIPE_GMAIL_PUSH_TOPIC is set."
+    )
+    watchdog_seconds: float = Field(default=60.0, gt=0, description="How often beat runs the stuck-run watchdog.")
+    watchdog_stale_seconds: float = Field(
+        default=900.0, gt=0, description="A running run whose driver has sent no heartbeat for this long is "
+        "presumed dead by the watchdog (a driver process gone from this host is noticed at once). Longer than "
+        "run_stale_seconds: a driver can wait minutes on a paused Gmail quota between heartbeats."
+    )
+    run_abandon_seconds: float = Field(
+        default=21_600.0, gt=0, description="A run whose driver is gone but whose windows are still open is "
+        "finished by the watchdog (lost tasks sent again); after this long without its driver it is abandoned."
+    )
+    retention_days: float = Field(
+        default=30.0, gt=0, description="Finished runs older than this are deleted with their windows, window "
+        "items and failure records (never mail; each account's latest run and runs owing enrichment are kept)."
+    )
+    window_items_retention_days: float = Field(
+        default=7.0, gt=0, description="Window items (one row per message per run) of finished runs older than "
+        "this are deleted before the run itself; run and window rows stay for status."
+    )
+    retention_interval_seconds: float = Field(default=3600.0, gt=0, description="How often beat applies retention.")
+    reconcile_seconds: float = Field(
+        default=86_400.0, gt=0, description="How often beat recomputes stored counters (contacts, threads, windows, "
+        "runs) from the rows they count and repairs any that drifted."
+    )
+    beat_key_prefix: str = Field(
+        default="mailpipe:beat:", description="Redis key prefix of the RedBeat schedule and its lock (Redis broker)."
+    )
+    metrics_key_prefix: str = Field(
+        default="mailpipe:metrics:", description="Redis key prefix of the task metrics every worker records."
+    )
+
     # resilience
     breaker_fail_max: int = Field(
         default=5, ge=1, description="Consecutive transient failures or timeouts of one dependency (Gmail, an "

@@ -1,5 +1,5 @@
 """The Celery app. Its configuration comes from Settings; its tasks live in tasks.stages, tasks.syncs and
-tasks.maintenance."""
+tasks.maintenance; tasks.metrics records what every task does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pipeline.storage.db import dispose_engines, migrate
 from tasks import context
 from tasks.config import celery_config
 
-app = Celery("mailpipe", include=["tasks.stages", "tasks.syncs", "tasks.maintenance"])
+# tasks.metrics holds no task: its signal handlers record every task's metrics in the worker.
+app = Celery("mailpipe", include=["tasks.stages", "tasks.syncs", "tasks.maintenance", "tasks.metrics"])
 # Lazy: the configuration (and, on the embedded default, the database server behind the broker
 # URL) is resolved on first use, after the CLI has put the URLs it chose into the environment.
 app.add_defaults(lambda: celery_config(context.settings(), context.resolved_database_url()))

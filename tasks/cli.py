@@ -1,4 +1,5 @@
-"""The `mailpipe` command line: import, sync, status, search, contacts, insights, serve, demo."""
+"""The `mailpipe` command line: import, sync, status, search, contacts, insights, serve, demo; beat and
+flower."""
 
 from __future__ import annotations
 
@@ -360,23 +361,23 @@ def sync(
 
 @app.command()
 def status(as_json: bool = JsonOpt) -> None:
-    """Per account: messages, threads, contacts, chunks, insights, failures and recent runs."""
+    """Per account: messages, threads, contacts, chunks, insights, failures and recent runs; and the
+    operations: queues, workers, breakers, paused accounts, quota use, recent failures, stuck runs."""
     from pipeline.embeddings.reembed import chunks_by_model
+    from pipeline.reports import operations
     from pipeline.reports import status as status_report
-    from pipeline.resilience.breakers import breaker_states
+    from tasks.metrics import snapshot
 
     settings = Settings()
     with runtime(settings) as rt:
         accounts = status_report(rt.engine)
         models = chunks_by_model(rt.engine)
-        breakers = [
-            {"name": b.name, "state": b.state, "failures": b.failures,
-             "opened_at": b.opened_at.isoformat() if b.opened_at else None, "retry_after": round(b.retry_after, 1)}
-            for b in breaker_states(settings, rt.engine)
-        ]
+        ops = operations(snapshot(rt.engine, settings))
+    breakers = ops.pop("breakers")
     if as_json:
-        _json({"accounts": accounts, "breakers": breakers, "chunks_by_model": models})
+        _json({"accounts": accounts, "breakers": breakers, "chunks_by_model": models, **ops})
         return
+    _print_operations(ops)
     if not accounts:
         out.print("no account yet: mailpipe import PATH")
     if models:
@@ -404,6 +405,37 @@ def status(as_json: bool = JsonOpt) -> None:
                       highlight=False)
             if r["error"]:
                 out.print(f"    error: {r['error']}", highlight=False)
+
+
+def _print_operations(ops: dict[str, Any]) -> None:
+    """The operational picture, one short line per thing that needs a look; quiet when all is well."""
+    if ops["queues"] is not None:
+        unacked = f"; {ops['unacked']} reserved by workers" if ops.get("unacked") else ""
+        out.print("queues: " + ", ".join(f"{q} {n}" for q, n in ops["queues"].items()) + unacked, highlight=False)
+    if ops["workers"]:
+        out.print("workers: " + ", ".join(f"{w['worker']} ({w['processes']} proc, {w['rss_bytes'] / 2**20:.0f} MiB)"
+                                          for w in ops["workers"]), highlight=False)
+    elif ops["workers"] is not None:
+        out.print("workers: none seen in the last minute", highlight=False)
+    rates = {k: v for k, v in (ops["stage_rates"] or {}).items() if v}
+    if rates:
+        out.print("msg/s (last minute): " + ", ".join(f"{k} {v:g}" for k, v in rates.items()), highlight=False)
+    for q in ops["quota"] or []:
+        used = "?" if q["used_last_minute"] is None else f"{q['used_last_minute']:.0f}"
+        slow = f", rate at {q['rate_factor']:.0%}" if q["rate_factor"] < 1 else ""
+        out.print(f"quota {q['account']}: {used} of {q['limit_per_minute']:.0f} units in the last minute{slow}",
+                  highlight=False)
+    for p in ops["paused_accounts"] or []:
+        until = f" until {p['resumes_at']}" if p["resumes_at"] else ""
+        err.print(f"[yellow]paused:[/yellow] {p['account']} ({p['reason']}){until}", highlight=False)
+    for f in ops["recent_failures"] or []:
+        out.print(f"failures (24 h): {f['count']} {f['stage']} {f['error_class']}, latest: {f['example']}",
+                  highlight=False, soft_wrap=True)
+    for r in ops["stuck_runs"] or []:
+        err.print(f"[yellow]stuck:[/yellow] run {r['run_id']} of {r['account']} ({r['mode']}): {r['reason']}",
+                  highlight=False)
+    for part, why in (ops["unreadable"] or {}).items():
+        err.print(f"[yellow]could not read {part}:[/yellow] {why}", highlight=False)
 
 
 @app.command()
@@ -735,6 +767,48 @@ def _demo_gmail(sample: Path, as_json: bool) -> SyncSummary:
         err.print(f"server side: {sum(stats['calls'].values())} calls, {stats['units']} quota units, "
                   f"{len(stats['batch_items'])} batch requests", highlight=False)
     return summary
+
+
+# ------------------------------------------------------------------ long-running services
+
+PassThrough = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=PassThrough)
+def beat(ctx: typer.Context) -> None:
+    """The one scheduler: `celery -A tasks beat` (RedBeat with a Redis broker; extra arguments go to celery).
+
+    Scheduled syncs of every Gmail account, watch renewal, the watchdog, retention, reconciliation and
+    the enrichment sweep. Runs in the foreground, as this process (signals reach it directly)."""
+    settings = Settings()
+    args = ["beat", "-l", "INFO"]
+    if not (settings.broker_url or "").startswith(("redis://", "rediss://")):
+        # Celery's own scheduler keeps its last-run times in a file: mailpipe's data folder, not the cwd.
+        settings.home.mkdir(parents=True, exist_ok=True)
+        args += ["-s", str(settings.home / "beat-schedule")]
+    _exec_celery([*args, *ctx.args])
+
+
+@app.command(context_settings=PassThrough)
+def flower(ctx: typer.Context) -> None:
+    """Flower, Celery's dashboard, with mailpipe's flower.cfg (auth, persistence, limits; see that file).
+
+    `celery -A tasks flower --conf=<packaged flower.cfg>` in the foreground; extra arguments go to Flower."""
+    settings = Settings()
+    if not (settings.broker_url or "").startswith(("redis://", "rediss://", "amqp://")):
+        raise ConfigError("Flower follows workers through task events, which need a Redis (or AMQP) broker: "
+                          "set MAILPIPE_BROKER_URL")
+    conf = resources.files("tasks") / "flower.cfg"
+    _exec_celery(["flower", f"--conf={conf}", *ctx.args])
+
+
+def _exec_celery(args: list[str]) -> None:
+    """Become `celery -A tasks ...`: no parent in between, so SIGTERM and Ctrl-C reach it as they are."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "tasks", *args])
 
 
 @app.command()

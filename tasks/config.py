@@ -17,17 +17,25 @@ SYNC_QUEUE = "sync"
 ROUTES = {
     "mailpipe.sync": {"queue": SYNC_QUEUE},
     "mailpipe.renew_watches": {"queue": SYNC_QUEUE},
+    "mailpipe.schedule_syncs": {"queue": SYNC_QUEUE},
     "mailpipe.ingest": {"queue": "ingest"},
     "mailpipe.normalize": {"queue": "normalize"},
     "mailpipe.contacts": {"queue": "normalize"},
     "mailpipe.embed": {"queue": "ai"},
-    "mailpipe.sweep_enrichment": {"queue": "normalize"},  # a few queries and publishes: no AI slot needed
+    # Upkeep is a few queries and publishes: no AI slot needed.
+    "mailpipe.sweep_enrichment": {"queue": "normalize"},
+    "mailpipe.watchdog": {"queue": "normalize"},
+    "mailpipe.retention": {"queue": "normalize"},
+    "mailpipe.reconcile_counters": {"queue": "normalize"},
     "mailpipe.insight": {"queue": "ai"},
 }
 
 PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 # Publishing while a client waits (the web API): one quick retry, then the request fails with 503.
 REQUEST_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}
+# Beat wakes at least this often. With RedBeat it is also the lock's rhythm: the lock lives 5 ticks, so a
+# standby beat takes over within ~30 s of the running one dying (at once when it stops cleanly).
+BEAT_MAX_LOOP_INTERVAL = 5.0
 
 
 def broker_url_for(settings: Settings, database_url: str) -> str:
@@ -79,4 +87,22 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
         "worker_max_memory_per_child": 1_500_000,  # KiB: a child that leaks is replaced between tasks
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
         "beat_schedule": beat_schedule(settings),
+        "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL,
+        **beat_scheduler(settings, broker),
+    }
+
+
+def beat_scheduler(settings: Settings, broker: str) -> dict[str, Any]:
+    """RedBeat on a Redis broker: the schedule in Redis, and a lock so that a second beat waits instead of
+    sending every task twice. Otherwise Celery's default scheduler (a local file): run exactly one beat."""
+    if not broker.startswith(("redis://", "rediss://")):
+        return {}
+    return {
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": broker,
+        "redbeat_key_prefix": settings.beat_key_prefix,
+        # Set explicitly (RedBeat otherwise borrows the broker's transport options, with a warning). It
+        # retries its Redis calls for this long across a restart instead of ending the beat.
+        "redbeat_redis_options": {"retry_period": 120, "socket_timeout": 30, "socket_connect_timeout": 10,
+                                  "socket_keepalive": True, "health_check_interval": 10},
     }

@@ -70,10 +70,11 @@ def _run_stage(task: Task, window_id: int, stage: str, work: StageWork,
                prepare: StagePrepare | None) -> dict[str, Any]:
     engine, settings = context.engine(), context.settings()
     owed = stage_units(engine, settings, window_id, stage) if stage in RESUMABLE_STAGES else 0.0
+    messages = 0
     try:
         result = run_stage(engine, settings, window_id, stage, work, prepare=prepare,
                            interrupts=(SoftTimeLimitExceeded,))
-        outcome = result.outcome
+        outcome, messages = result.outcome, result.messages
     except StageNotReady as exc:
         raise task.retry(countdown=NOT_READY_COUNTDOWN, exc=exc) from exc
     except StageRetry as exc:
@@ -85,7 +86,8 @@ def _run_stage(task: Task, window_id: int, stage: str, work: StageWork,
         fail_window_stage(engine, window_id, stage, "timeout", "soft time limit exceeded without progress")
         outcome = "failed"
     dispatch_next(stage, window_id)
-    return {"window": window_id, "stage": stage, "outcome": outcome}
+    # `messages` feeds the per-stage throughput metric (tasks.metrics records it after the task).
+    return {"window": window_id, "stage": stage, "outcome": outcome, "messages": messages}
 
 
 def _retry(task: Task, window_id: int, stage: str, exc: StageRetry) -> str:

@@ -1,15 +1,24 @@
-"""Triggered Gmail syncs (push, beat, web hook) and watch renewal, on the `sync` queue."""
+"""Triggered Gmail syncs (push, beat, web hook), beat's poll of every account, and watch renewal: the `sync` queue."""
 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from celery import Task
+from celery.signals import task_revoked
 
 from pipeline.accounts import gmail_client
 from pipeline.errors import MailpipeError, RunConflictError
-from pipeline.push import abandon_queued_sync, renew_watch, request_sync, start_requested_sync, watched_accounts
+from pipeline.push import (
+    abandon_queued_sync,
+    accounts_to_poll,
+    renew_watch,
+    request_sync,
+    start_requested_sync,
+    watched_accounts,
+)
 from pipeline.syncing import sync_account
 from tasks import context
 from tasks.app import app
@@ -60,6 +69,45 @@ def trigger_sync(account_id: int) -> str:
     return request_sync(context.engine(), account_id, enqueue_sync,
                         queued_stale_seconds=settings.sync_queued_stale_seconds,
                         running_stale_seconds=settings.run_stale_seconds).status
+
+
+@app.task(name="mailpipe.schedule_syncs")
+def schedule_syncs() -> dict[str, str]:
+    """Beat's poll: an incremental sync of every active Gmail account (push can be late or lost).
+
+    Each starts after a random countdown within the jitter window, so accounts do not all call Google
+    and take the sync workers at the same instant, and expires one interval after it was due: a sync
+    still queued then is superseded by the next round. A sync already queued (push, web hook) absorbs
+    this one (`request_sync`); an account whose sync is running is left to it."""
+    engine, settings = context.engine(), context.settings()
+    interval = settings.gmail_sync_interval_seconds
+    jitter = min(settings.gmail_sync_jitter_seconds, interval)
+    due, busy = accounts_to_poll(engine, settings.run_stale_seconds)
+    outcomes = dict.fromkeys(map(str, busy), "running")
+    for account_id in due:
+        countdown = random.uniform(0.0, jitter)
+
+        def enqueue(account: int, countdown: float = countdown) -> None:
+            sync.apply_async((account,), countdown=countdown, expires=countdown + max(interval, 1.0))
+
+        outcomes[str(account_id)] = request_sync(
+            engine, account_id, enqueue, queued_stale_seconds=settings.sync_queued_stale_seconds,
+            running_stale_seconds=settings.run_stale_seconds).status
+    return outcomes
+
+
+@task_revoked.connect
+def _sync_expired(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """A queued sync dropped because it expired never ran: its queued run is abandoned, so the account's
+    triggers queue a new one at once.
+
+    (A sync lost outright, with a worker that crashed holding it, is abandoned by the watchdog after
+    `sync_queued_stale_seconds`.)"""
+    if not expired or getattr(sender, "name", None) != "mailpipe.sync":
+        return
+    args = getattr(request, "args", None) or ()
+    if args:
+        abandon_queued_sync(context.engine(), int(args[0]), "its sync task expired before a worker took it")
 
 
 @app.task(name="mailpipe.renew_watches")

@@ -103,8 +103,9 @@ class CeleryProcess:
     broker its environment names, unlike a control ping from this process's app.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str) -> None:
-        self.args, self.ready = args, ready
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str,
+                 program: tuple[str, ...] = ("-m", "celery", "-A", "tasks")) -> None:
+        self.args, self.ready, self.program = args, ready, program  # program: e.g. ("-m", "tasks.cli") for mailpipe
         self.env = {**os.environ, **env}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -112,7 +113,7 @@ class CeleryProcess:
     def start(self, timeout: float = 90.0) -> None:
         seen = len(self.log.read_text(errors="replace")) if self.log.exists() else 0
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", *self.args], cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, *self.program, *self.args], cwd=ROOT,
                                          env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while self.ready not in self.log.read_text(errors="replace")[seen:]:

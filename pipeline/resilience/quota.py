@@ -100,11 +100,29 @@ class CostTable:
 @dataclass(frozen=True, slots=True)
 class BucketState:
     """What a bucket holds now (tokens after refill), until when its account is paused (epoch s), and the
-    share of the configured rate it refills at (AIMD; 1.0 unless the server has been refusing calls)."""
+    share of the configured rate it refills at (AIMD; 1.0 unless the server has been refusing calls).
+
+    `used_last_minute`: units taken in the last 60 s, for status and metrics (Redis buckets count them per
+    minute; the sliding minute is estimated from this minute's and the previous one's, weighted by the part
+    of the previous one still inside it). None where it is not counted (the PostgreSQL bucket).
+    """
 
     tokens: float
     paused_until: float
     rate_factor: float = 1.0
+    used_last_minute: float | None = None
+
+
+def sliding_minute_usage(minute: int, used: float, used_prev: float, now: float) -> float:
+    """Units in the 60 s before `now`, from per-minute counts (`used` in `minute`, `used_prev` in the one
+    before): the current minute's count plus the previous one's share still inside the window."""
+    current = int(now // 60)
+    overlap = 1.0 - (now % 60) / 60.0  # the part of the previous calendar minute inside the last 60 s
+    if minute == current:
+        return used + used_prev * overlap
+    if minute == current - 1:
+        return used * overlap
+    return 0.0
 
 
 RateEvent = Literal["success", "rate_limited"]
@@ -246,7 +264,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
 local units, idle = tonumber(ARGV[3]), tonumber(ARGV[4])
-local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until', 'rate_factor')
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until', 'rate_factor', 'minute', 'used',
+  'used_prev')
 rate = rate * (tonumber(s[4]) or 1)
 local tokens = tonumber(s[1]) or capacity
 local updated = tonumber(s[2]) or now
@@ -259,8 +278,18 @@ local ready = math.max(paused, updated + math.max(0, units - tokens) / rate)
 if ready > now then
   return string.format('%.17g', ready - now)
 end
+-- Units taken per calendar minute (this one and the one before), for status and metrics.
+local minute = math.floor(now / 60)
+local counted = tonumber(s[5])
+local used, used_prev = tonumber(s[6]) or 0, tonumber(s[7]) or 0
+if counted ~= minute then
+  if counted == minute - 1 then used_prev = used else used_prev = 0 end
+  used = 0
+end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens - units),
-  'updated_at', string.format('%.17g', updated), 'paused_until', string.format('%.17g', paused))
+  'updated_at', string.format('%.17g', updated), 'paused_until', string.format('%.17g', paused),
+  'minute', string.format('%d', minute), 'used', string.format('%d', used + units),
+  'used_prev', string.format('%d', used_prev))
 redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(0, paused - now) + idle) * 1000))
 return '0'
 """
@@ -288,17 +317,23 @@ local s = redis.call('HMGET', KEYS[1], 'tokens', 'paused_until')
 if not s[1] or (tonumber(s[2]) or 0) > now then return 0 end
 local tokens = math.min(tonumber(ARGV[2]), tonumber(s[1]) + tonumber(ARGV[1]))
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens))
+-- A refunded call was not served: it no longer counts as used (if it was taken this minute).
+local m = redis.call('HMGET', KEYS[1], 'minute', 'used')
+if tonumber(m[1]) == math.floor(now / 60) then
+  redis.call('HSET', KEYS[1], 'used', string.format('%d', math.max(0, (tonumber(m[2]) or 0) - tonumber(ARGV[1]))))
+end
 return 1
 """
 
-# KEYS[1] bucket. Returns {tokens, updated_at, paused_until, now, rate_factor} as strings, or {now} for no
-# bucket.
+# KEYS[1] bucket. Returns {tokens, updated_at, paused_until, now, rate_factor, minute, used, used_prev} as
+# strings, or {now} for no bucket.
 _READ_LUA = """
 local t = redis.call('TIME')
 local now = string.format('%.17g', tonumber(t[1]) + tonumber(t[2]) / 1000000)
-local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until', 'rate_factor')
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated_at', 'paused_until', 'rate_factor', 'minute', 'used',
+  'used_prev')
 if not s[1] then return {now} end
-return {s[1], s[2], s[3] or '0', now, s[4] or '1'}
+return {s[1], s[2], s[3] or '0', now, s[4] or '1', s[5] or '-1', s[6] or '0', s[7] or '0'}
 """
 
 # KEYS[1] bucket; ARGV rate, capacity, event, decrease, increase, floor, cooldown, idle seconds. Mirrors
@@ -364,10 +399,10 @@ class RedisQuotaBudget(_TokenBucketBudget):
     def snapshot(self, key: str) -> BucketState:
         values: list[Any] = self._read(keys=[self.prefix + key])
         if len(values) == 1:
-            return BucketState(self.capacity, 0.0)
-        tokens, updated_at, paused, now, factor = (float(v) for v in values)
+            return BucketState(self.capacity, 0.0, used_last_minute=0.0)
+        tokens, updated_at, paused, now, factor, minute, used, used_prev = (float(v) for v in values)
         tokens, _ = _refill(tokens, updated_at, now, self.rate * factor, self.capacity)
-        return BucketState(tokens, paused, factor)
+        return BucketState(tokens, paused, factor, sliding_minute_usage(int(minute), used, used_prev, now))
 
     def adapt_rate(self, key: str, event: RateEvent) -> float:
         _check_event(event)

@@ -52,6 +52,7 @@ class StageResult:
     stage: str
     outcome: str  # done | already_done | blocked | failed | quarantined
     counters: dict[str, int]
+    messages: int = 0  # messages of the window the stage went through (when done)
 
 
 def run_stage(
@@ -92,7 +93,7 @@ def run_stage(
         fail_stage(engine, claim, stage, error_class, _reason(exc))
         return StageResult(window_id, stage, "failed", {})
     maybe_finish_run(engine, claim.run_id)
-    return StageResult(window_id, stage, "done", counters)
+    return StageResult(window_id, stage, "done", counters, claim.size)
 
 
 def fail_window_stage(engine: Engine, window_id: int, stage: str, error_class: str, reason: str) -> None:
