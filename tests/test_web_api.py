@@ -121,6 +121,18 @@ def test_healthz_checks_the_database_and_the_broker(api: httpx.Client) -> None:
     assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
 
 
+def test_metrics_expose_the_operational_series(api: httpx.Client, engine: Engine,
+                                               two_tenants: dict[str, Any]) -> None:
+    # A trigger queues a sync: its queue's depth is then at least one (nothing consumes the sync queue here).
+    assert api.post(f"/v1/accounts/{A}/sync", headers=bearer(two_tenants["a_token"])).status_code == 202
+    response = api.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    series = {line.split("{")[0].split(" ")[0] for line in response.text.splitlines() if line and line[0] != "#"}
+    assert {"mailpipe_queue_depth", "mailpipe_breaker_state"} <= series, sorted(series)
+    depth = [line for line in response.text.splitlines() if line.startswith('mailpipe_queue_depth{queue="sync"}')]
+    assert depth and float(depth[0].rsplit(" ", 1)[1]) >= 1, depth
+
+
 # ---------------------------------------------------------------- triggers: tokens and coalescing
 
 

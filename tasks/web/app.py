@@ -74,7 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.web_max_body_bytes)  # type: ignore[arg-type]
     _install_error_handlers(app)
     app.include_router(router)
-    # Further routes go here, e.g. the Prometheus exposition: app.add_route("/metrics", metrics_endpoint).
     return app
 
 

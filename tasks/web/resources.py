@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 
 from pipeline.accounts import quota_key
 from pipeline.api_auth import PostgresReplayGuard, RedisReplayGuard, ReplayGuard
-from pipeline.embeddings import Embedder, embedder_for
+from pipeline.embeddings import Embedder, query_embedder_for
 from pipeline.resilience.quota import QuotaBudget, budget_for
 from pipeline.resilience.shared_redis import shared_redis_url
 from pipeline.settings import Settings
@@ -62,7 +62,7 @@ class Resources:
         """The search embedder, made on first use (the local model takes seconds and memory to load)."""
         with self._lock:
             if not self._embedder_loaded:
-                self._embedder = embedder_for(self.settings, self.engine)
+                self._embedder = query_embedder_for(self.settings, self.engine)
                 self._embedder_loaded = True
             return self._embedder  # type: ignore[no-any-return]
 

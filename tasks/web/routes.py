@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -29,6 +29,7 @@ from pipeline.push import handle_push, parse_push
 from pipeline.reports import run_detail
 from pipeline.search import make_filters
 from pipeline.triggers import parse_mode, trigger_sync
+from tasks.metrics import exposition
 from tasks.syncs import publish_sync
 from tasks.web.resources import BROKER_PING_TIMEOUT, Resources
 
@@ -230,6 +231,17 @@ def broker_ping() -> None:
 
     with celery_app.connection_for_write(connect_timeout=BROKER_PING_TIMEOUT) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_PING_TIMEOUT)
+
+
+@router.get("/metrics", tags=["health"], response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+def metrics(request: Request) -> Response:
+    """mailpipe's metrics for Prometheus (queue depths, stage rates, task latency, errors by class,
+    breakers, quota, worker RSS: tasks/metrics.py). Unauthenticated, like /healthz: serve the API behind a
+    proxy that keeps /metrics private."""
+    res = _res(request)
+    body, content_type = exposition(res.engine, res.settings, res.redis_client)
+    return Response(content=body, media_type=content_type)
 
 
 @router.get("/healthz", tags=["health"], responses={503: {"description": "A dependency is down"}})
