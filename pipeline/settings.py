@@ -219,6 +219,10 @@ class Settings(BaseSettings):
     ai_price_output_per_million: float = Field(
         default=0.60, ge=0, description="USD per 1M completion tokens of ai_chat_model."
     )
+    ai_reservation_hold_seconds: float = Field(
+        default=900.0, gt=0, description="How long an LLM call's reservation on the daily budget holds: longer "
+        "than any call lasts; one left by a worker killed mid-call is given back after this."
+    )
     ai_daily_budget_usd: float = Field(
         default=1.0, ge=0, description="Most USD of LLM insight calls per account per UTC day; once spent, "
         "insights wait (owed enrichment) for the next day. 0 allows no call."

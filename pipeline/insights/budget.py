@@ -3,15 +3,17 @@
 Before a call its worst case is reserved on the account's row for the UTC day: the prompt (estimated)
 plus the whole completion allowance. The reservation is a conditional UPDATE of that one row, so
 workers in parallel cannot together overrun the budget. After the call the reservation is replaced by
-what the endpoint reports in `usage`. A worker that dies mid-call leaves its reservation until the day
-ends: the budget errs on the side of spending less.
+what the endpoint reports in `usage`. Each reservation is also a row of `ai_reservations` with an
+expiry (`hold_seconds`, longer than any call can last): a worker killed mid-call leaves one behind, and
+the next reservation of that account and day gives its amount back once it has expired, instead of
+the budget staying short by it until the day ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Engine, text
 
@@ -65,36 +67,64 @@ class BudgetExhausted(ClassifiedError):
 class Reservation:
     day: date
     usd: float
+    id: int = 0  # its ai_reservations row
+
+
+DEFAULT_HOLD_SECONDS = 900.0
+
+
+# A reservation ends once: if it expired and a later reservation already gave its amount back, its row
+# is gone and nothing is subtracted twice.
+_FORGET = "WITH gone AS (DELETE FROM ai_reservations WHERE id = :id RETURNING usd)"
 
 
 class Ledger:
     """One account's spending on LLM insights, per UTC day."""
 
     def __init__(self, engine: Engine, account_id: int, prices: Prices, daily_budget_usd: float, *,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 hold_seconds: float = DEFAULT_HOLD_SECONDS) -> None:
         self.engine = engine
         self.account_id = account_id
         self.prices = prices
         self.daily_budget_usd = daily_budget_usd
         self.clock = clock
+        self.hold_seconds = hold_seconds
 
     def reserve(self, prompt_tokens: int, max_completion_tokens: int) -> Reservation:
         """Hold the call's worst-case cost, or raise BudgetExhausted (the call must not be made)."""
         day = self.clock().astimezone(UTC).date()
         usd = self.prices.cost(prompt_tokens, max_completion_tokens)
         key = {"a": self.account_id, "d": day}
+        now = self.clock()
         with transaction(self.engine) as s:
             s.execute(text("INSERT INTO ai_usage (account_id, day) VALUES (:a, :d) ON CONFLICT DO NOTHING"), key)
+            # The row lock orders this account's reservations; expired ones (their worker died) go first.
+            s.execute(text("SELECT 1 FROM ai_usage WHERE account_id = :a AND day = :d FOR UPDATE"), key)
+            s.execute(
+                text("WITH gone AS (DELETE FROM ai_reservations WHERE account_id = :a AND day = :d "
+                     "AND expires_at < :now RETURNING usd) "
+                     "UPDATE ai_usage SET reserved_usd = greatest(reserved_usd - (SELECT coalesce(sum(usd), 0) "
+                     "FROM gone), 0) WHERE account_id = :a AND day = :d"),
+                {**key, "now": now},
+            )
             held = s.execute(
                 text("UPDATE ai_usage SET reserved_usd = reserved_usd + :usd, updated_at = now() "
                      "WHERE account_id = :a AND day = :d AND cost_usd + reserved_usd + :usd <= :budget "
                      "RETURNING 1"),
                 {**key, "usd": usd, "budget": self.daily_budget_usd},
             ).first()
+            reservation_id = 0
             if held is None:
                 spent, reserved = s.execute(
                     text("SELECT cost_usd, reserved_usd FROM ai_usage WHERE account_id = :a AND day = :d"), key
                 ).one()
+            else:
+                reservation_id = int(s.execute(
+                    text("INSERT INTO ai_reservations (account_id, day, usd, expires_at) "
+                         "VALUES (:a, :d, :usd, :until) RETURNING id"),
+                    {**key, "usd": usd, "until": now + timedelta(seconds=self.hold_seconds)},
+                ).scalar_one())
         if held is None:
             raise BudgetExhausted(
                 f"daily AI budget exhausted for account {self.account_id} on {day.isoformat()}: "
@@ -102,18 +132,19 @@ class Ledger:
                 f"the next call may cost up to ${usd:.4f}. Insights resume tomorrow (UTC) or with a larger "
                 "MAILPIPE_AI_DAILY_BUDGET_USD"
             )
-        return Reservation(day, usd)
+        return Reservation(day, usd, reservation_id)
 
     def settle(self, reservation: Reservation, usage: Usage) -> float:
         """Replace the reservation by what the call cost; returns that cost in USD."""
         cost = self.prices.cost(usage.prompt_tokens, usage.completion_tokens)
         with transaction(self.engine) as s:
             s.execute(
-                text("UPDATE ai_usage SET reserved_usd = greatest(reserved_usd - :held, 0), "
+                text(f"{_FORGET} UPDATE ai_usage SET reserved_usd = greatest(reserved_usd - "
+                     "(SELECT coalesce(sum(usd), 0) FROM gone), 0), "
                      "cost_usd = cost_usd + :cost, calls = calls + 1, prompt_tokens = prompt_tokens + :p, "
                      "completion_tokens = completion_tokens + :c, updated_at = now() "
                      "WHERE account_id = :a AND day = :d"),
-                {"held": reservation.usd, "cost": cost, "p": usage.prompt_tokens, "c": usage.completion_tokens,
+                {"id": reservation.id, "cost": cost, "p": usage.prompt_tokens, "c": usage.completion_tokens,
                  "a": self.account_id, "d": reservation.day},
             )
         return cost
@@ -122,7 +153,8 @@ class Ledger:
         """The call failed without an answer: nothing was charged (OpenAI bills answered requests only)."""
         with transaction(self.engine) as s:
             s.execute(
-                text("UPDATE ai_usage SET reserved_usd = greatest(reserved_usd - :held, 0), updated_at = now() "
+                text(f"{_FORGET} UPDATE ai_usage SET reserved_usd = greatest(reserved_usd - "
+                     "(SELECT coalesce(sum(usd), 0) FROM gone), 0), updated_at = now() "
                      "WHERE account_id = :a AND day = :d"),
-                {"held": reservation.usd, "a": self.account_id, "d": reservation.day},
+                {"id": reservation.id, "a": self.account_id, "d": reservation.day},
             )

@@ -93,7 +93,7 @@ def insight_pending(engine: Engine, claim: StageClaim, tools: InsightTools) -> d
     with transaction(engine) as s:
         thread_ids = _touched_threads(s, claim.window_id)
     ledger = Ledger(engine, claim.account_id, Prices.from_settings(tools.settings),
-                    tools.settings.ai_daily_budget_usd)
+                    tools.settings.ai_daily_budget_usd, hold_seconds=tools.settings.ai_reservation_hold_seconds)
     outcomes: Counter[str] = Counter()
     for index, thread_id in enumerate(thread_ids):
         try:

@@ -353,6 +353,19 @@ class AiUsage(Base):
     updated_at: Mapped[datetime] = _now()
 
 
+class AiReservation(Base):
+    """One LLM call's reservation on `ai_usage.reserved_usd`, until it settles or expires (its worker died)."""
+
+    __tablename__ = "ai_reservations"
+    __table_args__ = (Index("ix_ai_reservations_account_day_expires", "account_id", "day", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date)
+    usd: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Failure(Base):
     """One message (or window) that a stage could not process, with its class and reason."""
 
