@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench-memory bench-embed bench-replies bench-chaos bench-search clean
+.PHONY: install demo test test-fast lint bench-webhook bench-memory bench-embed bench-replies bench-chaos bench-search clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ bench-search: install
 # (needs redis-server on the PATH; ~10 minutes on 2 cores). Figures: docs/RELIABILITY.md.
 bench-chaos: install
 	$(PY) -m bench.chaos --messages 10000 --kill-every 10 --report docs/RELIABILITY.md
+
+# Open-loop load on the sync web hook through a real `mailpipe serve` (300 requests/s for 60 s; ~2
+# minutes). Figures: docs/PERFORMANCE.md.
+bench-webhook: install
+	$(PY) -m bench.webhook --rate 300 --seconds 60 --report docs/PERFORMANCE.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -195,7 +195,9 @@ def _coalescing(url: str, broker: str, tenants: list[Tenant]) -> dict[str, Any]:
             "tasks_per_account": sorted({published.get(a, 0) for a in ids})}
 
 
-def run(rate: float, seconds: float, accounts: int, workers: int, connections: int) -> dict[str, Any]:
+def run(rate: float, seconds: float, accounts: int, workers: int, connections: int,
+        broker: str = BROKER) -> dict[str, Any]:
+    """The load and its checks; `broker` is a Redis database of the bench's own (it is flushed)."""
     import redis
 
     from pipeline.credentials import new_key
@@ -205,9 +207,9 @@ def run(rate: float, seconds: float, accounts: int, workers: int, connections: i
     with tempfile.TemporaryDirectory(prefix="mailpipe-bench-webhook-") as tmp:
         url = start_embedded_postgres(Path(tmp) / "pg")
         migrate(url)
-        redis.Redis.from_url(BROKER).flushdb()
+        redis.Redis.from_url(broker).flushdb()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
-        env.update({"MAILPIPE_HOME": tmp, "MAILPIPE_DATABASE_URL": url, "MAILPIPE_BROKER_URL": BROKER,
+        env.update({"MAILPIPE_HOME": tmp, "MAILPIPE_DATABASE_URL": url, "MAILPIPE_BROKER_URL": broker,
                     "MAILPIPE_SECRET_KEY": new_key(), "MAILPIPE_EMBEDDER": "none", "HF_HUB_OFFLINE": "1"})
         tenants = _seed(url, accounts, env)
         port = _free_port()
@@ -223,7 +225,7 @@ def run(rate: float, seconds: float, accounts: int, workers: int, connections: i
             meter.start()
             result = asyncio.run(_load(base, tenants, rate, seconds, connections))
             cpu = meter.stop()
-            coalescing = _coalescing(url, BROKER, tenants)
+            coalescing = _coalescing(url, broker, tenants)
         finally:
             server.terminate()
             server.wait(30)
