@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, or_, select
+from sqlalchemy import DateTime, Engine, and_, func, literal, literal_column, or_, select, tuple_
 
 from pipeline.embeddings import Embedder
 from pipeline.errors import BadInputError, NotFoundError
@@ -113,7 +113,10 @@ def contacts_page(engine: Engine, account_id: int, limit: int, cursor: str | Non
         if not isinstance(after[0], int | float) or isinstance(after[0], bool):
             raise BadInputError("cursor: not a cursor of this list")
         rank, cid = float(after[0]), _int(after[1])
-        q = q.where(or_(Contact.rank_key < rank, and_(Contact.rank_key == rank, Contact.id > cid)))
+        # `rank_key <= rank` repeats the OR's bound so the index (account_id, rank_key) starts the scan
+        # at the cursor: with the OR alone every page re-read all the rows before it.
+        q = q.where(Contact.rank_key <= rank,
+                    or_(Contact.rank_key < rank, and_(Contact.rank_key == rank, Contact.id > cid)))
     with transaction(engine) as s:
         rows = list(s.execute(q.order_by(Contact.rank_key.desc(), Contact.id).limit(limit + 1)).scalars())
     now = datetime.now(UTC)
@@ -127,23 +130,25 @@ def contacts_page(engine: Engine, account_id: int, limit: int, cursor: str | Non
 # ---------------------------------------------------------------- threads
 
 
-def _desc_nulls_last(column: Any, id_column: Any, at: datetime | None, last_id: int) -> ColumnElement[bool]:
-    """After (at, last_id) in ORDER BY column DESC NULLS LAST, id DESC."""
-    if at is None:
-        return and_(column.is_(None), id_column < last_id)
-    return or_(column < at, and_(column == at, id_column < last_id), column.is_(None))
+# Threads newest first, undated ones last: ordered by this expression, which the partial index
+# ix_threads_account_page (migration 0010) holds, so a page is an index range from the cursor on.
+# (A literal, not a parameter: only the same constant matches the index's expression.)
+_NEVER = literal_column("'-infinity'::timestamptz", DateTime(timezone=True))
+_THREAD_ORDER = func.coalesce(Thread.last_at, _NEVER)
 
 
 def threads_page(engine: Engine, account_id: int, limit: int, cursor: str | None) -> Page:
-    """The account's threads, latest message first."""
+    """The account's threads, latest message first (undated ones last)."""
     _check_limit(limit)
     after = decode_cursor(cursor, "threads", 2)
     q = select(Thread, Insight).outerjoin(Insight, Insight.thread_id == Thread.id).where(
         Thread.account_id == account_id, Thread.message_count > 0)
     if after is not None:
-        q = q.where(_desc_nulls_last(Thread.last_at, Thread.id, _time(after[0]), _int(after[1])))
+        at = _time(after[0])
+        bound = _NEVER if at is None else literal(at, DateTime(timezone=True))
+        q = q.where(tuple_(_THREAD_ORDER, Thread.id) < tuple_(bound, _int(after[1])))
     with transaction(engine) as s:
-        rows = list(s.execute(q.order_by(Thread.last_at.desc().nulls_last(), Thread.id.desc()).limit(limit + 1)))
+        rows = list(s.execute(q.order_by(_THREAD_ORDER.desc(), Thread.id.desc()).limit(limit + 1)))
 
     def render(row: Any) -> dict[str, Any]:
         t, i = row

@@ -166,6 +166,9 @@ class Thread(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "thread_key"),
         Index("ix_threads_account_id_last_at", "account_id", "last_at"),
+        # The threads pages of the web API: newest first, undated last, from a keyset cursor on.
+        Index("ix_threads_account_page", "account_id", text("coalesce(last_at, '-infinity'::timestamptz) DESC"),
+              text("id DESC"), postgresql_where=text("message_count > 0")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
