@@ -239,6 +239,27 @@ def cpu_sentence(cpu: dict[str, Any], messages: int) -> str:
             f"was {100 * float(cpu['machine_busy']):.0f}% busy; {groups}.")
 
 
+def write_report(path: Path, data: dict[str, Any], messages: int) -> None:
+    """The run's section of the report (`--report`; also from a `--json` output kept earlier)."""
+    from bench.report import write_section
+
+    regime, accounts = data["regime"], data["accounts"]
+    ceiling = PER_MINUTE[regime] / 60 / GET_COST[regime]
+    worst = min(r["ceiling_share"] for r in data["results"])
+    missing = sum(r["missing"] for r in data["results"])
+    command = (f"python -m bench.gmail_quota --regime {regime} --accounts {accounts} "
+               f"--messages {messages} --latency {data['latency']} --error-rate {data['error_rate']}")
+    rows = [[r["email"], str(r["messages"]), str(r["missing"]), str(r["gets_per_second"]),
+             str(r["ceiling_share"]), str(r["units_per_message"]), str(r["rate_limited"]),
+             str(r["injected_5xx"])] for r in data["results"]]
+    write_section(path, f"ingest-quota-{regime}-{accounts}", command,
+                  ["account", "messages", "missing", "gets/s", "share of ceiling", "units/message", "429s",
+                   "injected 5xx"], rows,
+                  f"Ceiling {ceiling:g} messages/s per account; worst share {worst} (target ≥ 0.95); "
+                  f"aggregate {data['aggregate_gets_per_second']} gets/s; missing {missing} (target 0). "
+                  + cpu_sentence(data["cpu"], sum(r["messages"] for r in data["results"])))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regime", choices=["legacy", "2026"], default="legacy")
@@ -267,19 +288,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{data['aggregate_gets_per_second']} gets/s; missing {missing}")
         print(cpu_sentence(data["cpu"], sum(r["messages"] for r in data["results"])))
     if args.report:
-        from bench.report import write_section
-
-        command = (f"python -m bench.gmail_quota --regime {args.regime} --accounts {args.accounts} "
-                   f"--messages {messages} --latency {args.latency} --error-rate {args.error_rate}")
-        rows = [[r["email"], str(r["messages"]), str(r["missing"]), str(r["gets_per_second"]),
-                 str(r["ceiling_share"]), str(r["units_per_message"]), str(r["rate_limited"]),
-                 str(r["injected_5xx"])] for r in data["results"]]
-        write_section(args.report, f"ingest-quota-{args.regime}-{args.accounts}", command,
-                      ["account", "messages", "missing", "gets/s", "share of ceiling", "units/message", "429s",
-                       "injected 5xx"], rows,
-                      f"Ceiling {ceiling:g} messages/s per account; worst share {worst} (target ≥ 0.95); "
-                      f"aggregate {data['aggregate_gets_per_second']} gets/s; missing {missing} (target 0). "
-                      + cpu_sentence(data["cpu"], sum(r["messages"] for r in data["results"])))
+        write_report(args.report, data, messages)
     return 0 if worst >= 0.95 and missing == 0 else 1
 
 
