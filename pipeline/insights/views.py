@@ -22,10 +22,13 @@ def insight_rows(engine: Engine, account_id: int, limit: int, *, needs_reply: st
                  category: str | None = None) -> list[dict[str, Any]]:
     """Thread insights, latest thread first, optionally of one needs-reply state or category."""
     with transaction(engine) as s:
+        # The account on both sides (they are the same): the planner can walk the account's threads newest
+        # first (ix_threads_account_id_recent) until `limit` have an insight, instead of joining and
+        # sorting every insight of the account; or, for a rare needs-reply state, start from those insights.
         q = (
             select(Insight, Thread)
             .join(Thread, Thread.id == Insight.thread_id)
-            .where(Insight.account_id == account_id)
+            .where(Thread.account_id == account_id, Insight.account_id == account_id)
             .order_by(Thread.last_at.desc().nulls_last(), Thread.id.desc())
             .limit(limit)
         )
