@@ -66,17 +66,15 @@ def quota_seconds_per_message(settings: Settings) -> float:
 
 
 def _seconds_per_message(session: Any, settings: Settings, window_id: int) -> float:
-    account = session.execute(
-        select(SyncRun.account_id).join(Window, Window.run_id == SyncRun.id).where(Window.id == window_id)
-    ).scalar()
-    # The account's runs newest first (ix_sync_runs_account_id_started_at), their windows by run: the
-    # walk stops at the tenth fetched window. Ordered by window id alone, it read every window of every
-    # account created since (docs/PERFORMANCE.md, db-scale). One account's runs never overlap (the
-    # per-account lock), so newest run first, then newest window, is newest window first.
+    account = select(SyncRun.account_id).join(Window, Window.run_id == SyncRun.id).where(Window.id == window_id)
+    # The account's runs newest first (ix_sync_runs_account_id_started_at), then their windows: the walk
+    # stops at the tenth fetched window. Ordered by window id alone, it read the windows of every account
+    # created since, up to 15k buffers at 1M messages (docs/PERFORMANCE.md, db-scale). One account's runs
+    # never overlap (the per-account lock): newest run, then newest window, is newest window first.
     recent = (
         select(Window.fetch_seconds, Window.size)
         .join(SyncRun, SyncRun.id == Window.run_id)
-        .where(SyncRun.account_id == account, Window.fetch_seconds > 0)
+        .where(SyncRun.account_id == account.scalar_subquery(), Window.fetch_seconds > 0)
         .order_by(SyncRun.started_at.desc(), Window.id.desc())
         .limit(RECENT_WINDOWS)
         .subquery()

@@ -161,6 +161,8 @@ class Thread(Base):
         Index("ix_threads_account_id_last_at", "account_id", "last_at"),
         # An account's threads newest first, in `mailpipe insights`' order (migration 0009).
         Index("ix_threads_account_id_recent", "account_id", text("last_at DESC NULLS LAST"), text("id DESC")),
+        # `mailpipe status` counts the threads that still hold mail from the index alone (migration 0009).
+        Index("ix_threads_account_id_live", "account_id", postgresql_where=text("message_count > 0")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
