@@ -6,13 +6,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select, text, true
 
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
-from pipeline.runs import run_progress
+from pipeline.runs import RunProgress, run_progress, runs_progress
 from pipeline.storage.db import transaction
 from pipeline.storage.models import (
     STAGES,
@@ -48,38 +48,47 @@ def resolve_account(engine: Engine, email: str | None) -> tuple[int, str]:
 
 
 def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+    """Per account: its counts and its latest runs. A fixed number of statements whatever the number of
+    accounts and runs (one per account and count, and four per run, before: 1,900 round trips for 100
+    accounts; docs/PERFORMANCE.md, db-scale)."""
+
+    def count(model: Any, *where: Any) -> Any:  # correlated with the account row of the outer query
+        return (select(func.count()).select_from(model).where(model.account_id == Account.id, *where)
+                .scalar_subquery())
+
+    latest = (select(SyncRun.id, SyncRun.started_at).where(SyncRun.account_id == Account.id)
+              .order_by(SyncRun.started_at.desc()).limit(recent_runs).lateral())
     with transaction(engine) as s:
-        accounts = s.execute(select(Account).order_by(Account.id)).scalars().all()
-        for a in accounts:
-            def count(model: Any, a_id: int = a.id) -> int:
-                return int(s.execute(
-                    select(func.count()).select_from(model).where(model.account_id == a_id)
-                ).scalar_one())
-            runs = s.execute(
-                select(SyncRun.id).where(SyncRun.account_id == a.id)
-                .order_by(SyncRun.started_at.desc()).limit(recent_runs)
-            ).scalars().all()
-            out.append({
-                "email": a.email,
-                "kind": a.kind,
-                "status": a.status,
-                # What the user has to do, when the account waits on them (e.g. reconnect).
-                "action": reauth_advice(a.email, a.status_reason) if a.status == "needs_reauth" else None,
-                "history_id": a.history_id,
-                "last_synced_at": _iso(a.last_synced_at),
-                "messages": count(Message),
-                "threads": int(s.execute(select(func.count()).select_from(Thread).where(
-                    Thread.account_id == a.id, Thread.message_count > 0)).scalar_one()),
-                "contacts": count(Contact),
-                "chunks": count(EmbeddingChunk),
-                "insights": count(Insight),
-                "failures": count(Failure),
-                "runs": [],
-                "_run_ids": list(runs),
-            })
-    for entry in out:
-        entry["runs"] = [_run_dict(engine, rid) for rid in entry.pop("_run_ids")]
+        rows = s.execute(
+            select(Account, count(Message), count(Thread, Thread.message_count > 0), count(Contact),
+                   count(EmbeddingChunk), count(Insight), count(Failure))
+            .order_by(Account.id)
+        ).all()
+        run_ids: dict[int, list[int]] = {}
+        for account_id, run_id in s.execute(
+            select(Account.id, latest.c.id).join(latest, true())
+            .order_by(Account.id, latest.c.started_at.desc())
+        ):
+            run_ids.setdefault(int(account_id), []).append(int(run_id))
+    progress = runs_progress(engine, [rid for ids in run_ids.values() for rid in ids])
+    out: list[dict[str, Any]] = []
+    for a, messages, threads, contacts, chunks, insights, failures in rows:
+        out.append({
+            "email": a.email,
+            "kind": a.kind,
+            "status": a.status,
+            # What the user has to do, when the account waits on them (e.g. reconnect).
+            "action": reauth_advice(a.email, a.status_reason) if a.status == "needs_reauth" else None,
+            "history_id": a.history_id,
+            "last_synced_at": _iso(a.last_synced_at),
+            "messages": int(messages),
+            "threads": int(threads),
+            "contacts": int(contacts),
+            "chunks": int(chunks),
+            "insights": int(insights),
+            "failures": int(failures),
+            "runs": [_run_dict(progress[rid]) for rid in run_ids.get(a.id, []) if rid in progress],
+        })
     return out
 
 
@@ -100,7 +109,7 @@ def run_detail(engine: Engine, run_id: int, account_id: int) -> dict[str, Any]:
             select(Failure.stage, Failure.error_class, func.count()).where(Failure.run_id == run_id)
             .group_by(Failure.stage, Failure.error_class)
         ).all()
-    out = _run_dict(engine, run_id)
+    out = _run_dict(run_progress(engine, run_id))
     p_open = out["windows"] - out["windows_finished"]
     windows_by_stage: dict[str, dict[str, int]] = {st: {} for st in STAGES}
     for stage, state, n in states:
@@ -128,8 +137,7 @@ def operations(snap: Snapshot) -> dict[str, Any]:
     return {"breakers": breakers, **as_status(snap)}
 
 
-def _run_dict(engine: Engine, run_id: int) -> dict[str, Any]:
-    p = run_progress(engine, run_id)
+def _run_dict(p: RunProgress) -> dict[str, Any]:
     return {
         "run_id": p.run_id, "mode": p.mode, "status": p.status, "source": p.source,
         "entries": p.entries, "windows": p.windows_total, "windows_finished": p.windows_finished,

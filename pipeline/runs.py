@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
 
 from pipeline.enrichment import ENRICHMENT_STAGES, RESUMABLE_CLASSES
@@ -486,58 +486,87 @@ class RunProgress:
 
 
 def run_progress(engine: Engine, run_id: int) -> RunProgress:
+    progress = runs_progress(engine, [run_id]).get(run_id)
+    if progress is None:
+        raise NoResultFound(f"no sync run {run_id}")
+    return progress
+
+
+def runs_progress(engine: Engine, run_ids: Sequence[int]) -> dict[int, RunProgress]:
+    """The progress of several runs, in four statements whatever their number (`mailpipe status` shows
+    the latest runs of every account: one call per run was four round trips each)."""
+    ids = list(dict.fromkeys(int(r) for r in run_ids))
+    if not ids:
+        return {}
     stage_sums = ", ".join(
         f"coalesce(sum(size) FILTER (WHERE {s} IN {_TERMINAL_SQL}), 0), "
         f"count(*) FILTER (WHERE {s} = 'failed')"
         for s in STAGES
     )
     with transaction(engine) as s:
-        run = s.get_one(SyncRun, run_id)
-        row = s.execute(
-            text(
-                f"SELECT count(*) FILTER (WHERE finished), {stage_sums}, "
-                "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), "
-                "coalesce(sum(chunks_embedded), 0), coalesce(sum(quota_units), 0) FROM windows WHERE run_id = :id"
-            ),
-            {"id": run_id},
-        ).one()
-        failed, gone = s.execute(
-            select(
-                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class != "gone"),
-                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class == "gone"),
-            ).where(Failure.run_id == run_id, Failure.item_ref != "window")
-        ).one()
-        owed = s.execute(
-            select(func.count()).where(Failure.run_id == run_id, Failure.item_ref == "window",
-                                       Failure.stage.in_(ENRICHMENT_STAGES),
-                                       Failure.error_class.in_(RESUMABLE_CLASSES))
-        ).scalar_one()
-    done = {st: int(row[1 + 2 * i]) for i, st in enumerate(STAGES)}
-    failed_windows = {st: int(row[2 + 2 * i]) for i, st in enumerate(STAGES)}
+        runs = s.execute(select(SyncRun).where(SyncRun.id.in_(ids))).scalars().all()
+        windows = {
+            int(row[0]): row[1:]
+            for row in s.execute(
+                text(
+                    f"SELECT run_id, count(*) FILTER (WHERE finished), {stage_sums}, "
+                    "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), "
+                    "coalesce(sum(chunks_embedded), 0), coalesce(sum(quota_units), 0) FROM windows "
+                    "WHERE run_id = ANY(:ids) GROUP BY run_id"
+                ),
+                {"ids": ids},
+            )
+        }
+        items = {
+            int(run_id): (int(failed), int(gone))
+            for run_id, failed, gone in s.execute(
+                select(
+                    Failure.run_id,
+                    func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class != "gone"),
+                    func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class == "gone"),
+                ).where(Failure.run_id.in_(ids), Failure.item_ref != "window").group_by(Failure.run_id)
+            )
+            if run_id is not None
+        }
+        owed = {
+            int(run_id): int(n)
+            for run_id, n in s.execute(
+                select(Failure.run_id, func.count())
+                .where(Failure.run_id.in_(ids), Failure.item_ref == "window",
+                       Failure.stage.in_(ENRICHMENT_STAGES), Failure.error_class.in_(RESUMABLE_CLASSES))
+                .group_by(Failure.run_id)
+            )
+            if run_id is not None
+        }
     tail = 1 + 2 * len(STAGES)
-    return RunProgress(
-        run_id=run.id,
-        account_id=run.account_id,
-        status=run.status,
-        mode=run.mode,
-        source=run.source,
-        reading_done=run.reading_done,
-        entries=run.entries,
-        windows_total=run.windows_total,
-        windows_finished=int(row[0]),
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        error=run.error,
-        stage_done=done,
-        stage_failed_windows=failed_windows,
-        enrichment_owed=int(owed),
-        new_messages=int(row[tail]),
-        duplicates=int(row[tail + 1]),
-        failed_messages=int(failed),
-        gone_messages=int(gone),
-        chunks_embedded=int(row[tail + 2]),
-        quota_units=int(row[tail + 3]),
-    )
+    out: dict[int, RunProgress] = {}
+    for run in runs:
+        row = windows.get(run.id) or (0,) * (tail + 4)
+        failed, gone = items.get(run.id, (0, 0))
+        out[run.id] = RunProgress(
+            run_id=run.id,
+            account_id=run.account_id,
+            status=run.status,
+            mode=run.mode,
+            source=run.source,
+            reading_done=run.reading_done,
+            entries=run.entries,
+            windows_total=run.windows_total,
+            windows_finished=int(row[0]),
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            error=run.error,
+            stage_done={st: int(row[1 + 2 * i]) for i, st in enumerate(STAGES)},
+            stage_failed_windows={st: int(row[2 + 2 * i]) for i, st in enumerate(STAGES)},
+            enrichment_owed=owed.get(run.id, 0),
+            new_messages=int(row[tail]),
+            duplicates=int(row[tail + 1]),
+            failed_messages=failed,
+            gone_messages=gone,
+            chunks_embedded=int(row[tail + 2]),
+            quota_units=int(row[tail + 3]),
+        )
+    return out
 
 
 __all__ = [
@@ -562,6 +591,7 @@ __all__ = [
     "settle_claim",
     "record_failure",
     "run_progress",
+    "runs_progress",
     "skip_stage",
     "stalled_windows",
     "touch_windows",

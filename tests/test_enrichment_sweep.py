@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import Engine, text
 
 from pipeline.enrichment import Owed, owed_enrichment, reopen, resume_owed, sweep
@@ -128,3 +129,32 @@ def test_resuming_now_goes_round_after_round_until_a_round_gets_nothing_done(eng
 
     closed = resume_owed(engine, lambda stage, w: None, endpoint_open=lambda: 120.0)
     assert closed.rounds == 0 and "open for 120 s" in (closed.reason or "") and closed.owed == 1
+
+
+def test_ingest_limits_use_the_accounts_own_latest_fetched_windows(engine: Engine) -> None:
+    from pipeline.stages.workload import RECENT_WINDOWS, _seconds_per_message
+    from pipeline.storage.db import transaction
+
+    settings = Settings()
+    mine = ensure_account(engine, "me@example.com", [], kind="gmail")
+    other = ensure_account(engine, "other@example.com", [], kind="gmail")
+    windows: dict[int, list[int]] = {mine: [], other: []}
+    with engine.begin() as conn:
+        # Three runs each, in turn; 4 windows per run: 0.1 s per message, then 0.2, then 0.4 for mine.
+        for k in range(3):
+            for account, seconds in ((mine, 0.1 * 2**k), (other, 5.0)):
+                run = conn.execute(text(
+                    "INSERT INTO sync_runs (account_id, mode, source, status, started_at) VALUES "
+                    "(:a, 'incremental', 'gmail', 'done', now() - make_interval(hours => 10 - :k)) RETURNING id"),
+                    {"a": account, "k": k}).scalar_one()
+                for seq in range(4):
+                    windows[account].append(conn.execute(text(
+                        "INSERT INTO windows (run_id, seq, size, fetch_seconds) VALUES (:r, :s, 10, :f) RETURNING id"),
+                        {"r": run, "s": seq, "f": 10 * seconds}).scalar_one())
+        # A window that fetched nothing (an mbox window, or one with no Gmail item) does not count.
+        conn.execute(text("UPDATE windows SET fetch_seconds = 0 WHERE id = :w"), {"w": windows[mine][-1]})
+    latest = (windows[mine][:-1])[-RECENT_WINDOWS:]  # 3 of the 0.4 s run, 4 of 0.2, 3 of 0.1
+    expected = (3 * 4.0 + 4 * 2.0 + 3 * 1.0) / (10 * len(latest))
+    with transaction(engine) as s:
+        assert _seconds_per_message(s, settings, windows[mine][0]) == pytest.approx(expected)
+        assert _seconds_per_message(s, settings, windows[other][0]) == pytest.approx(5.0)

@@ -22,15 +22,20 @@ def insight_rows(engine: Engine, account_id: int, limit: int, *, needs_reply: st
                  category: str | None = None) -> list[dict[str, Any]]:
     """Thread insights, latest thread first, optionally of one needs-reply state or category."""
     with transaction(engine) as s:
+        # On the thread's account (the insight's is the same): the account's threads are walked newest first
+        # (ix_threads_account_id_recent) until `limit` have an insight, instead of every insight of the
+        # account being joined and sorted. A needs-reply state adds the insight's account too, so that its
+        # (account_id, needs_reply) index can serve a rare state; alone, the two conditions make the planner
+        # expect a tiny join and sort the whole account (docs/PERFORMANCE.md, db-scale).
         q = (
             select(Insight, Thread)
             .join(Thread, Thread.id == Insight.thread_id)
-            .where(Insight.account_id == account_id)
+            .where(Thread.account_id == account_id)
             .order_by(Thread.last_at.desc().nulls_last(), Thread.id.desc())
             .limit(limit)
         )
         if needs_reply:
-            q = q.where(Insight.needs_reply == needs_reply)
+            q = q.where(Insight.account_id == account_id, Insight.needs_reply == needs_reply)
         if category:
             q = q.where(Insight.category == category)
         rows = s.execute(q).all()

@@ -169,6 +169,10 @@ class Thread(Base):
         # The threads pages of the web API: newest first, undated last, from a keyset cursor on.
         Index("ix_threads_account_page", "account_id", text("coalesce(last_at, '-infinity'::timestamptz) DESC"),
               text("id DESC"), postgresql_where=text("message_count > 0")),
+        # An account's threads newest first, in `mailpipe insights`' order (migration 0011).
+        Index("ix_threads_account_id_recent", "account_id", text("last_at DESC NULLS LAST"), text("id DESC")),
+        # `mailpipe status` counts the threads that still hold mail from the index alone (migration 0011).
+        Index("ix_threads_account_id_live", "account_id", postgresql_where=text("message_count > 0")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -300,6 +304,9 @@ class EmbeddingChunk(Base):
     __table_args__ = (
         UniqueConstraint("message_id", "content_hash"),
         Index("ix_embedding_chunks_content_hash", "content_hash"),
+        # Counting an account's chunks, and an exact scan of them when the account holds a small share of
+        # the HNSW graph (migration 0011).
+        Index("ix_embedding_chunks_account_id", "account_id"),
         Index(
             "ix_embedding_chunks_embedding_hnsw",
             "embedding",
