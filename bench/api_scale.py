@@ -153,6 +153,27 @@ def run(database_url: str, requests: int, accounts: int, seed: int = 1) -> dict[
             "load_average": f"{load_before:.1f} and {os.getloadavg()[0]:.1f}"}
 
 
+def write_report(path: Path, data: dict[str, Any], requests: int, accounts: int) -> None:
+    """The run's section of the report (`--report`; also from a `--json` output kept earlier)."""
+    from bench.report import write_section
+
+    ok = all(r["p95_ms"] <= TARGET_P95_MS for r in data["endpoints"].values())
+    rows = [[name, str(r["n"]), str(r["p50_ms"]), f"**{r['p95_ms']}**", str(r["max_ms"])]
+            for name, r in data["endpoints"].items()]
+    verdict = (
+        f"Target p95 ≤ {TARGET_P95_MS:g} ms per endpoint: {'met' if ok else 'NOT met'}. Database: "
+        f"{data['messages']:,} messages over {data['accounts']} accounts; {data['sampled_accounts']} accounts "
+        "sampled, each request with a bearer token of one of them and ids drawn from its rows. One "
+        "`mailpipe serve` process (uvicorn), requests one after the other from one client on the same "
+        "machine (closed loop: each request's own latency, client and HTTP included); a next page's "
+        "cursor comes from an untimed first page. Load average before and after: "
+        f"{data['load_average']}."
+    )
+    write_section(path, "api-scale", "python -m bench.api_scale --database-url <the db-scale database> "
+                  f"--requests {requests} --accounts {accounts}",
+                  ["endpoint", "requests", "p50 ms", "p95 ms", "max ms"], rows, verdict)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", required=True, help="A populated mailpipe database (SQLAlchemy URL).")
@@ -169,22 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in data["endpoints"].items():
             print(f"{name:<32} n={r['n']:<4} p50 {r['p50_ms']:>7} ms  p95 {r['p95_ms']:>7} ms  max {r['max_ms']:>8} ms")
     if args.report:
-        from bench.report import write_section
-
-        rows = [[name, str(r["n"]), str(r["p50_ms"]), f"**{r['p95_ms']}**", str(r["max_ms"])]
-                for name, r in data["endpoints"].items()]
-        verdict = (
-            f"Target p95 ≤ {TARGET_P95_MS:g} ms per endpoint: {'met' if ok else 'NOT met'}. Database: "
-            f"{data['messages']:,} messages over {data['accounts']} accounts; {data['sampled_accounts']} accounts "
-            "sampled, each request with a bearer token of one of them and ids drawn from its rows. One "
-            "`mailpipe serve` process (uvicorn), requests one after the other from one client on the same "
-            "machine (closed loop: each request's own latency, client and HTTP included); a next page's "
-            "cursor comes from an untimed first page. Load average before and after: "
-            f"{data['load_average']}."
-        )
-        write_section(args.report, "api-scale", "python -m bench.api_scale --database-url <the db-scale database> "
-                      f"--requests {args.requests} --accounts {args.accounts}",
-                      ["endpoint", "requests", "p50 ms", "p95 ms", "max ms"], rows, verdict)
+        write_report(args.report, data, args.requests, args.accounts)
     return 0 if ok else 1
 
 
