@@ -96,6 +96,7 @@ class LoadResult:
     load_before: float
     load_after: float
     run_ids: list[int] = field(default_factory=list)
+    cpu: dict[str, Any] = field(default_factory=dict)  # bench.cpu figures over the load, when measured
 
     @property
     def messages_per_second(self) -> float:
@@ -112,8 +113,10 @@ class LoadResult:
 def run_load(engine: Engine, runs: int, windows: int, window_size: int, workdir: Path, *,
              dispatch: Callable[[int], None], windows_in_flight: int = 256, prefix: str = "load",
              seed: int = 1, log_paths: Sequence[Path] = (), timeout: float = 3600.0,
-             log: Callable[[str], None] = print) -> LoadResult:
-    """R concurrent imports of W windows of S messages each, through `dispatch`; checked once all end."""
+             on_loaded: Callable[[], None] | None = None, log: Callable[[str], None] = print) -> LoadResult:
+    """R concurrent imports of W windows of S messages each, through `dispatch`; checked once all end.
+
+    `on_loaded` is called as soon as the last run ends, before the checks (to stop a CPU meter)."""
     from pipeline.importing import import_mbox
     from pipeline.settings import Settings
 
@@ -144,6 +147,8 @@ def run_load(engine: Engine, runs: int, windows: int, window_size: int, workdir:
     for t in threads:
         t.join(max(1.0, timeout - (time.monotonic() - started)))
     seconds = time.monotonic() - started
+    if on_loaded is not None:
+        on_loaded()
     if any(t.is_alive() for t in threads):
         raise TimeoutError(f"{prefix}: runs still going after {timeout:g} s")
     if errors:
@@ -304,6 +309,7 @@ def run_scenario(loads: Iterable[tuple[int, int]], window_size: int, *, broker: 
                  log: Callable[[str], None] = print) -> list[LoadResult]:
     import redis
 
+    from bench.cpu import CpuMeter, pids_named, postmaster_pid
     from bench.gmail_quota import start_worker
     from pipeline.storage.db import engine_for, migrate
     from pipeline.storage.embedded import start_embedded_postgres
@@ -336,8 +342,21 @@ def run_scenario(loads: Iterable[tuple[int, int]], window_size: int, *, broker: 
             _wait_ready(logs, workers)
             for i, (runs, windows) in enumerate(loads, 1):
                 log(f"load {i}: {runs} runs x {windows} windows of {window_size} messages")
+                meter = CpuMeter({
+                    "workers": lambda: [w.pid for w in workers],
+                    "postgres": lambda: postmaster_pid(work / "pg"),
+                    "redis (shared)": lambda: pids_named("redis-server"),
+                }, this_process="drivers (this process)")
+                cpu: list[dict[str, Any]] = []
+
+                def loaded(m: CpuMeter = meter, c: list[dict[str, Any]] = cpu) -> None:
+                    c.append(m.stop().as_dict())
+
+                meter.start()
                 result = run_load(engine, runs, windows, window_size, work, dispatch=dispatch_window,
-                                  windows_in_flight=windows_in_flight, prefix=f"l{i}", log_paths=logs, log=log)
+                                  windows_in_flight=windows_in_flight, prefix=f"l{i}", log_paths=logs,
+                                  on_loaded=loaded, log=log)
+                result.cpu = cpu[0] if cpu else {}
                 log(f"  {result.entries} messages in {result.seconds} s ({result.messages_per_second:.1f}/s); "
                     f"runs done {result.runs_done}/{runs}; windows complete {result.windows_complete}/"
                     f"{result.windows}; integrity violations {sum(result.integrity.values())}; lock errors "
@@ -379,7 +398,17 @@ def summarize(results: Sequence[LoadResult]) -> dict[str, Any]:
 
 HEADER = ["load (runs × windows)", "messages", "seconds", "msg/s", "scaling", "runs done", "windows complete",
           "integrity violations", "lock/serialization errors (logs, rows)", "retries", "failure rows",
-          "load avg"]
+          "cores used: workers, PostgreSQL, drivers, Redis (machine busy)", "load avg"]
+
+
+def _cpu(cpu: dict[str, Any]) -> str:
+    if not cpu:
+        return ""
+    seconds = max(float(cpu["seconds"]), 1e-9)
+    used = cpu["cpu_seconds"]
+    parts = [f"{used.get(k, 0.0) / seconds:.2f}" for k in ("workers", "postgres", "drivers (this process)",
+                                                             "redis (shared)")]
+    return ", ".join(parts) + f" ({100 * float(cpu['machine_busy']):.0f}%)"
 
 
 def _row(r: dict[str, Any]) -> list[str]:
@@ -390,7 +419,7 @@ def _row(r: dict[str, Any]) -> list[str]:
             f"{r['windows_complete']}/{r['windows']} ({100 * r['completion']:.1f}%)",
             str(sum(r["integrity"].values())) + (f" ({bad})" if bad else ""),
             f"{sum(r['lock_errors_in_logs'].values())}, {r['lock_failure_rows']}", str(r["retries_in_logs"]),
-            failures, f"{r['load_before']} → {r['load_after']}"]
+            failures, _cpu(r.get("cpu") or {}), f"{r['load_before']} → {r['load_after']}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.cli_import import ACCOUNT, load_average, run_cli_import
 from bench.generate import generate_mbox
@@ -68,7 +68,7 @@ def _init_worker(url: str, embedder: str, window_size: int, threads: int, profil
     from pipeline.stages.insight import insight_tools_for
     from pipeline.storage.db import engine_for
 
-    settings = Settings(database_url=url, broker_url=None, embedder=embedder, window_size=window_size,
+    settings = Settings(database_url=url, broker_url=None, embedder=cast(Any, embedder), window_size=window_size,
                         ai_base_url=None)
     engine = engine_for(url, pool_size=2)
     tools = tools_for(settings, engine, threads=threads)
@@ -83,7 +83,7 @@ def _ready(_: int) -> int:
     return os.getpid()
 
 
-def _stage_work(stage: str) -> tuple[Callable[..., Any], Callable[..., None] | None]:
+def _stage_work(stage: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
     from pipeline.stages.contacts import contacts_window
     from pipeline.stages.embed import embed_pending
     from pipeline.stages.ingest import ingest_window
