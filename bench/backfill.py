@@ -78,9 +78,6 @@ def parse_range(args: tuple[str, int, int]) -> tuple[int, int, int]:
     """(messages, body characters, messages without a text body) of one byte range, stdlib only."""
     path, start, end = args
     parser = BytesParser(policy=policy.default)
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        data = fh.read(end - start)
     messages = chars = no_body = 0
     lines: list[bytes] = []
 
@@ -102,13 +99,19 @@ def parse_range(args: tuple[str, int, int]) -> tuple[int, int, int]:
         no_body += body is None
 
     previous_blank = True
-    for line in data.splitlines(keepends=True):
-        if previous_blank and line.startswith(b"From ") and _POSTMARK.match(line):
-            flush()
-            lines = []
-        else:
-            lines.append(line)
-        previous_blank = line in (b"\n", b"\r\n")
+    offset = start
+    with open(path, "rb", buffering=1 << 20) as fh:  # streamed, one message in memory, as mailpipe reads
+        fh.seek(start)
+        for line in fh:
+            if offset >= end:
+                break
+            offset += len(line)
+            if previous_blank and line.startswith(b"From ") and _POSTMARK.match(line):
+                flush()
+                lines = []
+            else:
+                lines.append(line)
+            previous_blank = line in (b"\n", b"\r\n")
     flush()
     return messages, chars, no_body
 

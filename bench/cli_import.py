@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,9 @@ class CliImport:
     machine_busy: float = 0.0  # share of all cores busy over the command, every process on the machine
     load_before: float = 0.0
     load_after: float = 0.0
+    # From the worker log at INFO (timeline=True): seconds from the command's start to the pool being
+    # ready, to its first task and its last task's end, and task seconds per task name.
+    timeline: dict[str, Any] = field(default_factory=dict)
 
     @property
     def messages(self) -> int:
@@ -71,9 +76,14 @@ def _sample_postgres(pgdata: Path, stop: threading.Event, last: dict[str, float]
 
 
 def run_cli_import(mbox: Path, home: Path, *, account: str = ACCOUNT, timeout: float | None = None,
-                   **settings: str) -> CliImport:
-    """Import `mbox` through `python -m tasks.cli import FILE --json` on the fresh `home`; raise if it failed."""
+                   timeline: bool = False, **settings: str) -> CliImport:
+    """Import `mbox` through `python -m tasks.cli import FILE --json` on the fresh `home`; raise if it failed.
+
+    timeline: run the pool at INFO and read from its log when it was ready and when tasks ran."""
+    if timeline:
+        settings = {**settings, "worker_log_level": "INFO"}
     env = cli_env(home, **settings)
+    started_at = datetime.now()
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = psutil.cpu_times()
     load_before = load_average()
@@ -114,7 +124,39 @@ def run_cli_import(mbox: Path, home: Path, *, account: str = ACCOUNT, timeout: f
         returncode=proc.returncode,
         cpu_seconds={"cli and workers": round(cli_cpu, 1), "postgres": round(last["postgres"], 1)},
         machine_busy=round(machine_busy, 3), load_before=load_before, load_after=load_average(),
+        timeline=worker_timeline(home / "logs" / "worker.log", started_at) if timeline else {},
     )
+
+
+_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]+\] (.*)$")
+_SUCCEEDED = re.compile(r"Task (mailpipe\.\w+)\[[^\]]+\] succeeded in ([0-9.]+)s")
+
+
+def worker_timeline(log: Path, started_at: datetime) -> dict[str, Any]:
+    """When the pool was ready, its first task received and its last task ended (seconds after
+    `started_at`), and the seconds its tasks took per task name, from a worker log at INFO."""
+    ready = first = last = None
+    per_task: dict[str, float] = {}
+    text = log.read_text(errors="replace") if log.exists() else ""
+    for line in text.splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        at = (datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") - started_at).total_seconds()
+        message = m.group(2)
+        if ready is None and message.endswith(" ready."):
+            ready = at
+        elif first is None and message.startswith("Task ") and message.endswith(" received"):
+            first = at
+        done = _SUCCEEDED.search(message)
+        if done:
+            last = at
+            per_task[done.group(1)] = per_task.get(done.group(1), 0.0) + float(done.group(2))
+    out: dict[str, Any] = {"ready_after": ready, "first_task_after": first, "last_task_after": last,
+                           "task_seconds": {k: round(v, 2) for k, v in sorted(per_task.items())}}
+    if first is not None and last is not None:
+        out["tasks_span"] = round(last - first, 2)
+    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in out.items()}
 
 
 def worker_log_errors(home: Path, patterns: tuple[str, ...]) -> dict[str, int]:
