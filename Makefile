@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench-webhook bench-memory bench-embed bench-replies bench-chaos bench-search bench-db-scale clean
+.PHONY: install demo test test-fast lint bench-webhook bench-memory bench-embed bench-replies bench-chaos \
+	bench-search bench-db-scale bench-backfill bench-pipeline bench-hierarchy clean
 
 install: $(STAMP)
 
@@ -63,6 +64,22 @@ bench-chaos: install
 # minutes). Figures: docs/PERFORMANCE.md.
 bench-webhook: install
 	$(PY) -m bench.webhook --rate 300 --seconds 60 --report docs/PERFORMANCE.md
+
+# A generated Takeout mbox of 10k and 100k messages imported through the CLI (embeddings off), against a bare
+# stdlib parse of the same file on as many processes (100k: ~20 minutes on 2 cores). `python -m bench --list`
+# names every scenario. Figures: docs/PERFORMANCE.md.
+bench-backfill: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench backfill --sizes 10000 100000 --embedder none --report docs/PERFORMANCE.md
+
+# An import end to end against its slowest stage run alone over the same 2k messages (local embeddings: the
+# embed stage bounds it; ~10 minutes on 2 cores).
+bench-pipeline: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench pipeline --size 2000 --embedder local --report docs/PERFORMANCE.md
+
+# 5x20, 10x50 and 15x100 concurrent runs x windows (10 messages each) on Celery workers over Redis: completion,
+# integrity, lock errors, throughput scaling. Needs Redis on 127.0.0.1:6379 (MAILPIPE_BENCH_REDIS, db 5 by default).
+bench-hierarchy: install
+	$(PY) -m bench hierarchy --report docs/PERFORMANCE.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -63,7 +63,7 @@ class WorkerPool:
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)  # warm shutdown: running tasks finish
+        os.kill(self.process.pid, signal.SIGTERM)  # warm shutdown: running tasks finish
         deadline = time.monotonic() + timeout
         while self.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)

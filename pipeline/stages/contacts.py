@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from pipeline.contacts import company_for, extract_participants, rank_log_increm
 from pipeline.records import Address, ParsedMessage, Participant
 from pipeline.runs import StageClaim
 from pipeline.settings import Settings
-from pipeline.stages.normalize import own_addresses, window_messages
+from pipeline.stages.normalize import mark_messages, own_addresses, window_messages
 from pipeline.storage.models import Contact, ContactThread, Message, MessageParticipant
 
 TWO_WAY_BONUS = math.log(2.0)
@@ -70,8 +70,7 @@ def contacts_window(session: Session, claim: StageClaim, settings: Settings) -> 
     new_threads = _insert_contact_threads(session, deltas)
     for contact_id in sorted(deltas):
         _apply(session, contact_id, deltas[contact_id], new_threads.get(contact_id, 0))
-    for m in messages:
-        m.contacts_at = func.now()
+    mark_messages(session, [m.id for m in messages], Message.contacts_at)
     return {}
 
 

@@ -9,8 +9,9 @@ import hashlib
 from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import cast
 
-from sqlalchemy import Boolean, func, literal_column, select
+from sqlalchemy import Boolean, Table, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -72,6 +73,18 @@ def _ingest_items(session: Session, claim: StageClaim, items: Iterable[WindowIte
         item.message_id, item.raw = message_id, None
 
 
+_MESSAGES = cast(Table, Message.__table__)
+_INSERT = pg_insert(_MESSAGES)
+# Built once and executed with each message's values: building it per message (its `excluded`
+# columns above all) cost more CPU than the insert's round trip (~1 ms of the ~2 ms per message the
+# ingest stage took, profiled), and an unchanged statement is compiled once per process.
+_UPSERT = _INSERT.on_conflict_do_update(
+    index_elements=[_MESSAGES.c.account_id, _MESSAGES.c.message_key],
+    set_={"gmail_id": _INSERT.excluded.gmail_id, "labels": _INSERT.excluded.labels},
+    where=_MESSAGES.c.gmail_id.is_(None) & _INSERT.excluded.gmail_id.is_not(None),
+).returning(_MESSAGES.c.id, literal_column("xmax = 0", Boolean))
+
+
 def _upsert_message(
     session: Session, account_id: int, key: str, rfc_id: str | None, item: WindowItem, raw: bytes
 ) -> tuple[int, bool]:
@@ -81,24 +94,20 @@ def _upsert_message(
     Message-ID) lends the row its Gmail id and current labels, so later deletions and label changes
     reach it; a mailbox re-import changes nothing.
     """
-    stmt = pg_insert(Message).values(
-        account_id=account_id,
-        message_key=key,
-        rfc_message_id=rfc_id,
-        source_ref=item.source_ref,
-        gmail_id=item.gmail_id,
-        gmail_thread_id=item.gmail_thread_id,
-        labels=item.labels,
-        raw=raw,
-        size=len(raw),
-        content_hash=hashlib.sha256(raw).hexdigest(),
-    )
     row: tuple[int, bool] | None = session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Message.account_id, Message.message_key],
-            set_={"gmail_id": stmt.excluded.gmail_id, "labels": stmt.excluded.labels},
-            where=Message.gmail_id.is_(None) & stmt.excluded.gmail_id.is_not(None),
-        ).returning(Message.id, literal_column("xmax = 0", Boolean))
+        _UPSERT,
+        {
+            "account_id": account_id,
+            "message_key": key,
+            "rfc_message_id": rfc_id,
+            "source_ref": item.source_ref,
+            "gmail_id": item.gmail_id,
+            "gmail_thread_id": item.gmail_thread_id,
+            "labels": item.labels,
+            "raw": raw,
+            "size": len(raw),
+            "content_hash": hashlib.sha256(raw).hexdigest(),
+        },
     ).first()
     if row is not None:
         return int(row[0]), bool(row[1])

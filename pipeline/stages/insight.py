@@ -32,7 +32,7 @@ from pipeline.records import InsightResult, ThreadMessageView
 from pipeline.resilience.classify import PERMANENT
 from pipeline.runs import StageClaim, record_failure
 from pipeline.settings import Settings
-from pipeline.stages.normalize import window_messages
+from pipeline.stages.normalize import mark_messages, window_messages
 from pipeline.storage.db import transaction
 from pipeline.storage.models import Insight, Message, Thread
 
@@ -77,9 +77,8 @@ def insight_window(session: Session, claim: StageClaim) -> dict[str, int]:
 
 def mark_insights(session: Session, claim: StageClaim) -> dict[str, int]:
     """The window's messages have their insights: the stage's last step, committed with its mark."""
-    for m in window_messages(session, claim.window_id, Message.insight_at):
-        if m.normalized_at:
-            m.insight_at = func.now()
+    ids = [m.id for m in window_messages(session, claim.window_id, Message.insight_at) if m.normalized_at]
+    mark_messages(session, ids, Message.insight_at)
     return {}
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -50,13 +51,30 @@ def normalize_window(session: Session, claim: StageClaim) -> dict[str, int]:
     session.execute(text("SELECT pg_advisory_xact_lock(:ns, :acct)"), {"ns": THREAD_LOCK_NAMESPACE,
                                                                      "acct": claim.account_id})
     touched: set[int] = set()
-    for message, p in parsed:
-        thread_id = assign_thread(session, claim.account_id, p)
-        touched.add(thread_id)
-        _store(session, message, p, thread_id, own)
+    # The threads given to this window's messages so far, by Message-ID: a reply finds its parent's
+    # thread here when both are in the window. Without it each lookup had to autoflush the previous
+    # message's UPDATE first, one round trip per message; now the updates go out together.
+    assigned: dict[str, int] = {}
+    with session.no_autoflush:
+        for message, p in parsed:
+            thread_id = assign_thread(session, claim.account_id, p, assigned)
+            touched.add(thread_id)
+            _store(session, message, p, thread_id, own)
+            if p.message_id:
+                assigned.setdefault(p.message_id, thread_id)
     session.flush()
     refresh_threads(session, sorted(touched))
     return {}
+
+
+def mark_messages(session: Session, message_ids: list[int], mark: Any) -> None:
+    """Set a stage's mark (e.g. Message.contacts_at) on these messages: one UPDATE, in the caller's transaction.
+
+    Set object by object, the ORM sent one UPDATE per message (a SQL expression's value cannot be batched).
+    """
+    if message_ids:
+        session.execute(update(Message).where(Message.id.in_(message_ids)).values({mark: func.now()})
+                        .execution_options(synchronize_session=False))
 
 
 def own_addresses(session: Session, account_id: int) -> frozenset[str]:
@@ -64,10 +82,16 @@ def own_addresses(session: Session, account_id: int) -> frozenset[str]:
     return frozenset(c for c in (canonical_email(a) for a in addresses) if c)
 
 
-def assign_thread(session: Session, account_id: int, p: ParsedMessage) -> int:
-    """The thread of a message: Gmail's thread id, else the thread of a message it refers to, else its key."""
+def assign_thread(session: Session, account_id: int, p: ParsedMessage, known: Mapping[str, int] | None = None) -> int:
+    """The thread of a message: Gmail's thread id, else the thread of a message it refers to, else its key.
+
+    `known`: threads of messages not flushed yet (this window's), by Message-ID, looked up first.
+    """
     if not p.gmail_thread_id:
         referenced = [r for r in [p.in_reply_to, *reversed(p.references)] if r]
+        for ref in referenced:
+            if known and ref in known:
+                return known[ref]
         if referenced:
             existing = session.execute(
                 select(Message.thread_id)
@@ -150,4 +174,4 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "") if value else value
 
 
-__all__ = ["normalize_window", "window_messages", "assign_thread", "refresh_threads"]
+__all__ = ["normalize_window", "window_messages", "assign_thread", "refresh_threads", "mark_messages"]

@@ -1,0 +1,350 @@
+"""Pipeline scenario: an import end to end against its slowest stage run alone over the same data.
+
+Two measurements of the same generated mailbox, one after the other in one invocation:
+
+1. **End to end**: `mailpipe import FILE --json` through the real CLI on a fresh embedded home (its
+   own PostgreSQL, broker and worker pool of one process per core), every stage of every window
+   overlapping as the chains and the driver's back-pressure allow. The figure is the run's own
+   seconds (first window read to last stage done); the command's wall clock, start-up and shutdown
+   included, is printed beside it.
+2. **Each stage alone**: on another fresh embedded PostgreSQL the file is read into windows by the
+   same driver (nothing dispatched: that is the `read` stage, one process as in the CLI), then each
+   stage runs over every window before the next starts, with the same stage functions the Celery
+   tasks call (`run_stage` with ingest, normalize, contacts, embed, insight) in a pool of as many
+   processes as the CLI's workers, each with the workers' torch thread count. Its model is loaded
+   before the clock starts. No broker, no chain, no waiting for an upstream: what a stage costs
+   when it has the machine to itself.
+
+The verdict is the run's seconds over the slowest stage's (target ≤ 1.15): what pipelining adds
+on top of the stage that bounds it. The run over the sum of the stages' seconds says how much the
+overlap saved. Embeddings are local MiniLM by default (the pipeline a user runs, embed its slowest
+stage); `--embedder none` leaves stages of similar cost that share the same cores, where the
+run can approach the sum of the stages, not the slowest one.
+
+    python -m bench pipeline [--size 2000] [--embedder local|none] [--report docs/PERFORMANCE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import psutil
+
+from bench.cli_import import ACCOUNT, load_average, run_cli_import
+from bench.generate import generate_mbox
+
+STAGE_ORDER = ("ingest", "normalize", "contacts", "embed", "insight")
+TARGET = 1.15
+
+
+@dataclass
+class StageTiming:
+    stage: str
+    seconds: float
+    windows: int
+    outcomes: dict[str, int]
+    processes: int
+    machine_busy: float = 0.0  # share of all cores busy while it ran (every process on the machine)
+
+
+def _busy() -> tuple[float, float]:
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0), sum(t)
+
+
+def _busy_since(start: tuple[float, float]) -> float:
+    busy, total = _busy()
+    return round((busy - start[0]) / max(total - start[1], 1e-9), 3)
+
+
+# ---------------------------------------------------------------- one stage over every window, in a pool
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(url: str, embedder: str, window_size: int, threads: int, profile_dir: str | None) -> None:
+    from pipeline.settings import Settings
+    from pipeline.stages.embed import tools_for
+    from pipeline.stages.insight import insight_tools_for
+    from pipeline.storage.db import engine_for
+
+    settings = Settings(database_url=url, broker_url=None, embedder=cast(Any, embedder), window_size=window_size,
+                        ai_base_url=None)
+    engine = engine_for(url, pool_size=2)
+    tools = tools_for(settings, engine, threads=threads)
+    if tools is not None:
+        tools.embedder.embed(["warm the model up before any clock starts"])
+    _worker.update(settings=settings, engine=engine, embed_tools=tools,
+                   insight_tools=insight_tools_for(settings, engine), profile_dir=profile_dir, profiles={})
+
+
+def _ready(_: int) -> int:
+    time.sleep(0.5)  # held long enough that each of the pool's processes takes one of these
+    return os.getpid()
+
+
+def _stage_work(stage: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    from pipeline.stages.contacts import contacts_window
+    from pipeline.stages.embed import embed_pending
+    from pipeline.stages.ingest import ingest_window
+    from pipeline.stages.insight import insight_pending, insight_window, mark_insights
+    from pipeline.stages.normalize import normalize_window
+
+    engine, settings = _worker["engine"], _worker["settings"]
+    if stage == "ingest":
+        return ingest_window, None
+    if stage == "normalize":
+        return normalize_window, None
+    if stage == "contacts":
+        return (lambda s, c: contacts_window(s, c, settings)), None
+    if stage == "embed":
+        tools = _worker["embed_tools"]
+        return (lambda s, c: {}), (lambda claim: embed_pending(engine, claim, tools))
+    tools = _worker["insight_tools"]
+    if tools.llm is None:
+        return insight_window, None
+    return mark_insights, (lambda claim: insight_pending(engine, claim, tools))
+
+
+def _run_one(args: tuple[str, int]) -> str:
+    """One stage of one window, as the stage's Celery task runs it (minus publishing its successors)."""
+    from pipeline.runs import claim_stage, skip_stage
+    from pipeline.stages.runner import run_stage
+
+    stage, window_id = args
+    engine, settings = _worker["engine"], _worker["settings"]
+    profiler = cProfile.Profile() if _worker["profile_dir"] else None
+    if profiler:
+        profiler.enable()
+    try:
+        if stage == "embed" and _worker["embed_tools"] is None:
+            claim = claim_stage(engine, window_id, "embed")  # what the embed task does with embedder none
+            if claim is not None:
+                skip_stage(engine, claim, "embed")
+            return "skipped"
+        work, prepare = _stage_work(stage)
+        return run_stage(engine, settings, window_id, stage, work, prepare=prepare).outcome
+    finally:
+        if profiler:
+            profiler.disable()
+            _worker["profiles"].setdefault(stage, []).append(profiler)
+
+
+def _dump_profiles(_: int) -> int:
+    import pstats
+
+    time.sleep(0.5)  # as _ready: one call per process
+    folder = _worker["profile_dir"]
+    for stage, profilers in _worker["profiles"].items():
+        stats = pstats.Stats(profilers[0])
+        for p in profilers[1:]:
+            stats.add(p)
+        stats.dump_stats(os.path.join(folder, f"{stage}-{os.getpid()}.prof"))
+    return os.getpid()
+
+
+def stages_alone(mbox: Path, workdir: Path, *, processes: int, embedder: str, window_size: int,
+                 profile_dir: Path | None = None, log: Callable[[str], None] = print) -> list[StageTiming]:
+    """Read `mbox` into windows, then run each stage over all of them alone; the seconds each took."""
+    from sqlalchemy import text
+
+    from pipeline.driver import DriveOptions, Driver
+    from pipeline.runs import begin_run, ensure_account
+    from pipeline.sources.mbox import iter_messages, open_mbox
+    from pipeline.storage.db import engine_for, migrate
+    from pipeline.storage.embedded import start_embedded_postgres
+
+    url = start_embedded_postgres(workdir / "pgdata")
+    migrate(url)
+    engine = engine_for(url)
+    account_id = ensure_account(engine, ACCOUNT, {ACCOUNT})
+    run_id = begin_run(engine, account_id, "import", str(mbox), 3600)
+    timings: list[StageTiming] = []
+    started = time.monotonic()
+    # The driver's own loop (save each window, then "dispatch"), with nothing dispatched and no back-pressure.
+    driver = Driver(engine, run_id, DriveOptions(window_size=window_size, windows_in_flight=10**9),
+                    dispatch=lambda _wid: None)
+    entries = driver.feed(iter_messages(open_mbox(mbox)))
+    with engine.connect() as conn:
+        window_ids = [int(w) for w in conn.execute(
+            text("SELECT id FROM windows WHERE run_id = :r ORDER BY seq"), {"r": run_id}).scalars()]
+    timings.append(StageTiming("read", round(time.monotonic() - started, 2), len(window_ids),
+                               {"entries": entries}, 1))
+    log(f"  read: {timings[-1].seconds} s, {len(window_ids)} windows")
+    threads = max(1, (os.cpu_count() or 1) // processes)  # what tasks.context gives each worker child
+    # A process that dies breaks the executor (BrokenProcessPool) instead of hanging a multiprocessing.Pool.
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(url, embedder, window_size, threads,
+                                       str(profile_dir) if profile_dir else None)) as pool:
+        pids = set(pool.map(_ready, range(processes)))  # every process initialised, its model loaded
+        if len(pids) != processes:
+            log(f"  warning: {len(pids)} of {processes} processes answered before the clock started")
+        for stage in STAGE_ORDER:
+            t0, b0 = time.monotonic(), _busy()
+            outcomes: dict[str, int] = {}
+            for outcome in pool.map(_run_one, [(stage, w) for w in window_ids]):
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            timings.append(StageTiming(stage, round(time.monotonic() - t0, 2), len(window_ids), outcomes, processes,
+                                       _busy_since(b0)))
+            log(f"  {stage}: {timings[-1].seconds} s {outcomes}")
+        if profile_dir:
+            for _ in pool.map(_dump_profiles, range(processes)):
+                pass
+    with engine.connect() as conn:
+        status = conn.execute(text("SELECT status FROM sync_runs WHERE id = :r"), {"r": run_id}).scalar_one()
+    if status != "done":
+        raise RuntimeError(f"the stage-by-stage run ended {status}, not done")
+    engine.dispose()
+    return timings
+
+
+# ---------------------------------------------------------------- the scenario
+
+
+def measure(size: int, *, seed: int = 1, embedder: str = "local", processes: int | None = None,
+            window_size: int = 200, workdir: Path | None = None, profile_dir: Path | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    processes = processes or os.cpu_count() or 1
+    own_tmp = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-pipeline-")) if workdir is None else workdir
+    try:
+        mbox = work / f"gen-{size}-{seed}.mbox"
+        if not mbox.exists():
+            generate_mbox(mbox, size, seed=seed, account=ACCOUNT)
+        log(f"end to end: mailpipe import of {size} messages, embedder {embedder}, {processes} worker processes")
+        e2e = run_cli_import(mbox, work / "home-e2e", embedder=embedder, window_size=str(window_size),
+                             worker_concurrency=str(processes), timeline=True)
+        if e2e.returncode != 0 or e2e.summary.get("status") != "done":
+            raise RuntimeError(f"the end-to-end import failed: {e2e.summary}")
+        log(f"  run {e2e.run_seconds} s (command {e2e.wall_seconds} s)")
+        log(f"each stage alone over the same {size} messages, {processes} processes")
+        load_before = load_average()
+        timings = stages_alone(mbox, work / "stages", processes=processes, embedder=embedder,
+                               window_size=window_size, profile_dir=profile_dir, log=log)
+        load_after = load_average()
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+    slowest = max(timings, key=lambda t: t.seconds)
+    total = round(sum(t.seconds for t in timings), 2)
+    ratio = round(e2e.run_seconds / slowest.seconds, 3) if slowest.seconds else None
+    span = e2e.timeline.get("tasks_span")
+    return {
+        "messages": size, "seed": seed, "embedder": embedder, "processes": processes, "window_size": window_size,
+        "end_to_end": {"run_seconds": e2e.run_seconds, "command_seconds": e2e.wall_seconds,
+                       "summary": e2e.summary, "cpu_seconds": e2e.cpu_seconds, "machine_busy": e2e.machine_busy,
+                       "load_before": e2e.load_before, "load_after": e2e.load_after, "timeline": e2e.timeline},
+        "stages": [asdict(t) for t in timings],
+        "stages_load_before": load_before, "stages_load_after": load_after,
+        "slowest_stage": slowest.stage, "slowest_seconds": slowest.seconds, "sum_of_stages": total,
+        "ratio": ratio,
+        "ratio_to_sum": round(e2e.run_seconds / total, 3) if total else None,
+        "command_ratio": round(e2e.wall_seconds / slowest.seconds, 3) if slowest.seconds else None,
+        # The pool's first task to its last, over the slowest stage: the run without the pool's start.
+        "tasks_span_ratio": round(span / slowest.seconds, 3) if span and slowest.seconds else None,
+        # What the stages cost together over the slowest: the floor when each alone keeps every core busy.
+        "sum_over_slowest": round(total / slowest.seconds, 3) if slowest.seconds else None,
+        "target": f"<= {TARGET}",
+    }
+
+
+def print_table(data: dict[str, Any]) -> None:
+    e2e = data["end_to_end"]
+    print(f"{'stage':<12} {'seconds':>8} {'windows':>8} {'busy':>5}  outcomes")
+    for t in data["stages"]:
+        print(f"{t['stage']:<12} {t['seconds']:>8} {t['windows']:>8} {t['machine_busy']:>5}  {t['outcomes']}")
+    print(f"{'sum':<12} {data['sum_of_stages']:>8}")
+    print(f"end to end: run {e2e['run_seconds']} s, command {e2e['command_seconds']} s "
+          f"(load {e2e['load_before']} -> {e2e['load_after']})")
+    print(f"run / slowest stage ({data['slowest_stage']}) = {data['ratio']} (target {data['target']}); "
+          f"run / sum of stages = {data['ratio_to_sum']}")
+    t = e2e.get("timeline") or {}
+    print(f"worker pool ready {t.get('ready_after')} s after the command started, tasks from "
+          f"{t.get('first_task_after')} to {t.get('last_task_after')} s: span / slowest stage = "
+          f"{data['tasks_span_ratio']}; sum of stages / slowest = {data['sum_over_slowest']}")
+
+
+def report(path: Path, data: dict[str, Any], command: str) -> None:
+    from bench.report import write_section
+
+    e2e = data["end_to_end"]
+    rows = [[t["stage"], str(t["seconds"]), str(t["windows"]), f"{100 * t['machine_busy']:.0f}%",
+             ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items()))] for t in data["stages"]]
+    rows.append(["**sum of stages**", str(data["sum_of_stages"]), "", "", ""])
+    t = e2e.get("timeline") or {}
+    rows.append(["**end to end (run)**", f"**{e2e['run_seconds']}**", "", f"{100 * e2e['machine_busy']:.0f}%",
+                 f"command {e2e['command_seconds']} s with start-up and shutdown; the pool was ready "
+                 f"{t.get('ready_after')} s after the command started, its tasks ran from {t.get('first_task_after')} "
+                 f"to {t.get('last_task_after')} s (span {t.get('tasks_span')} s)"])
+    met = data["ratio"] is not None and data["ratio"] <= TARGET
+    cpu = e2e["cpu_seconds"]
+    verdict = (
+        f"{data['messages']:,} generated messages (seed {data['seed']}), windows of {data['window_size']}, "
+        f"embedder `{data['embedder']}`, {data['processes']} worker processes. Run over its slowest stage "
+        f"({data['slowest_stage']}): **{data['ratio']}** (target ≤ {TARGET}: {'met' if met else 'NOT met'}); "
+        f"over the sum of the stages run one after the other: {data['ratio_to_sum']}; the command's wall "
+        f"clock over the slowest stage: {data['command_ratio']}; the workers' first task to their last over "
+        f"the slowest stage: {data['tasks_span_ratio']}, against {data['sum_over_slowest']} for the sum of the "
+        f"stages over the slowest (overlapping stages only saves time where a stage alone leaves cores idle: "
+        f"the machine-busy column says how much each left). CPU of the end-to-end command: CLI and "
+        f"workers {cpu.get('cli and workers')} s, PostgreSQL {cpu.get('postgres')} s; the machine was "
+        f"{100 * e2e['machine_busy']:.0f}% busy. Load average (1 min): {e2e['load_before']} → "
+        f"{e2e['load_after']} around the import, {data['stages_load_before']} → {data['stages_load_after']} "
+        f"around the stages. **Method:** the end-to-end figure is `mailpipe import FILE --json` through "
+        "the CLI on a fresh embedded home (its own PostgreSQL, SQL broker and worker pool), timed by the "
+        "run itself; then, on another fresh PostgreSQL, the same file is read into windows by the same "
+        "driver with nothing dispatched (`read`), and each stage runs over every window before the next "
+        "starts, with the stage functions the Celery tasks call, in a pool of as many processes as the "
+        "CLI's workers (same torch threads, model loaded before the clock). No broker, no chain, no "
+        "upstream to wait for."
+    )
+    write_section(path, f"pipeline-{data['embedder']}", command,
+                  ["stage", "seconds", "windows", "machine busy", "outcomes"],
+                  rows, verdict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=2000, help="messages in the generated mailbox")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--embedder", choices=["local", "none"], default="local")
+    parser.add_argument("--processes", type=int, default=None, help="worker processes (default: cores)")
+    parser.add_argument("--window-size", type=int, default=200)
+    parser.add_argument("--profile", type=Path, default=None, help="write a cProfile per stage and process here")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--report", type=Path, default=None, help="write the figures into this Markdown file")
+    args = parser.parse_args(argv)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    quiet = args.json
+    data = measure(args.size, seed=args.seed, embedder=args.embedder, processes=args.processes,
+                   window_size=args.window_size, profile_dir=args.profile,
+                   log=(lambda _m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_table(data)
+    if args.report:
+        command = (f"python -m bench pipeline --size {args.size} --embedder {args.embedder}"
+                   + (f" --processes {args.processes}" if args.processes else "")
+                   + (f" --window-size {args.window_size}" if args.window_size != 200 else ""))
+        report(args.report, data, command)
+    return 0 if data["ratio"] is not None and data["ratio"] <= TARGET else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

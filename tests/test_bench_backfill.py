@@ -1,0 +1,37 @@
+"""bench/backfill.py at a tiny size: the bare parse sees every entry exactly once, and the scenario's
+result compares it with a real `mailpipe import` of the same file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.backfill import bare_parse, measure, parse_range, split_ranges
+from bench.generate import generate_mbox
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_bare_parse_splits_at_postmarks_and_parses_every_entry_once(tmp_path: Path) -> None:
+    mbox = tmp_path / "g.mbox"
+    stats = generate_mbox(mbox, 300, seed=3)
+    ranges = split_ranges(mbox, 4)
+    assert ranges[0][0] == 0 and ranges[-1][1] == mbox.stat().st_size
+    assert all(a < b for a, b in ranges)
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:], strict=False))
+    data = mbox.read_bytes()
+    assert all(data[a:a + 5] == b"From " for a, _ in ranges)  # every range starts at a postmark
+    counts = [parse_range((str(mbox), a, b)) for a, b in ranges]
+    assert sum(c[0] for c in counts) == stats.messages
+    assert sum(c[1] for c in counts) > 0  # bodies were extracted
+    assert bare_parse(mbox, 2).messages == stats.messages
+
+
+def test_backfill_at_a_tiny_size(tmp_path: Path) -> None:
+    result = measure(60, tmp_path, embedder="none", processes=2, log=lambda _m: None)
+    assert result.messages == 60 and result.stored == 60 and result.failed == 0 and result.failed_windows == 0
+    assert result.command_seconds >= result.run_seconds > 0 and result.bare_seconds > 0
+    assert result.rate > 0 and result.bare_rate > 0
+    assert result.ratio == pytest.approx(result.rate / result.bare_rate, rel=0.01)
+    assert set(result.cpu_seconds) == {"cli and workers", "postgres"} and result.cpu_seconds["cli and workers"] > 0
