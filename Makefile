@@ -72,9 +72,9 @@ bench-backfill: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench backfill --sizes 10000 100000 --embedder none --report docs/PERFORMANCE.md
 
 # An import end to end against its slowest stage run alone over the same 2k messages (local embeddings: the
-# embed stage bounds it; ~10 minutes on 2 cores).
+# embed stage bounds it; three rounds, ~6 minutes on 2 cores).
 bench-pipeline: install
-	HF_HUB_OFFLINE=1 $(PY) -m bench pipeline --size 2000 --embedder local --report docs/PERFORMANCE.md
+	HF_HUB_OFFLINE=1 $(PY) -m bench pipeline --size 2000 --embedder local --rounds 3 --report docs/PERFORMANCE.md
 
 # 5x20, 10x50 and 15x100 concurrent runs x windows (10 messages each) on Celery workers over Redis: completion,
 # integrity, lock errors, throughput scaling. Needs Redis on 127.0.0.1:6379 (MAILPIPE_BENCH_REDIS, db 5 by default).

@@ -44,7 +44,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from bench.cli_import import load_average
+from bench.cli_import import load_average, stop_embedded_postgres
 from bench.generate import generate_mbox
 
 BROKER = os.environ.get("MAILPIPE_BENCH_REDIS", "redis://127.0.0.1:6379/5")
@@ -368,6 +368,7 @@ def run_scenario(loads: Iterable[tuple[int, int]], window_size: int, *, broker: 
             for w in workers:
                 w.wait(60)
             engine.dispose()
+            stop_embedded_postgres(work / "pg")
     return results
 
 

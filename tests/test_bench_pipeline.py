@@ -23,3 +23,4 @@ def test_pipeline_ratio_at_a_tiny_size(tmp_path: Path) -> None:
     assert data["slowest_stage"] in stages and data["slowest_seconds"] == max(s["seconds"] for s in data["stages"])
     assert data["ratio"] == pytest.approx(data["end_to_end"]["run_seconds"] / data["slowest_seconds"], rel=0.01)
     assert data["sum_of_stages"] >= data["slowest_seconds"]
+    assert data["round_ratios"] == [data["ratio"]] and data["end_to_end"]["timeline"]["tasks_span"] > 0
