@@ -16,15 +16,14 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.webhook import free_port, serve, wait_healthy
+
 BROKER = os.environ.get("MAILPIPE_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 TARGET_P95_MS = 10.0
 
@@ -53,13 +52,6 @@ def _sample(url: str, accounts: int, rng: random.Random) -> list[dict[str, Any]]
         entry["token"] = issue_token(engine, int(entry["account"]), "bench").token
     engine.dispose()
     return sample
-
-
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tasks.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--no-access-log"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _percentiles(ms: list[float]) -> dict[str, float]:
@@ -103,8 +95,6 @@ def measure(base: str, sample: list[dict[str, Any]], requests: int, rng: random.
 
 
 def run(database_url: str, requests: int, accounts: int, seed: int = 1) -> dict[str, Any]:
-    import httpx
-
     from pipeline.credentials import new_key
     from pipeline.storage.db import migrate
 
@@ -117,24 +107,11 @@ def run(database_url: str, requests: int, accounts: int, seed: int = 1) -> dict[
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
         env.update({"MAILPIPE_HOME": tmp, "MAILPIPE_DATABASE_URL": database_url, "MAILPIPE_BROKER_URL": BROKER,
                     "MAILPIPE_SECRET_KEY": new_key(), "MAILPIPE_EMBEDDER": "none", "HF_HUB_OFFLINE": "1"})
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        server = _serve(env, port, Path(tmp) / "serve.log")
+        port = free_port()
+        server = serve(env, port, 1, Path(tmp) / "serve.log")
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError((Path(tmp) / "serve.log").read_text()[-2000:])
-                time.sleep(0.3)
+            wait_healthy(base, server)
             load_before = os.getloadavg()[0]
             results = measure(base, sample, requests, rng)
         finally:

@@ -61,7 +61,7 @@ class Tenant:
     secret: str
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -87,7 +87,7 @@ def _seed(url: str, accounts: int, env: dict[str, str]) -> list[Tenant]:
     return tenants
 
 
-def _serve(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "tasks.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -95,7 +95,7 @@ def _serve(env: dict[str, str], port: int, workers: int, log: Path) -> subproces
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -212,11 +212,11 @@ def run(rate: float, seconds: float, accounts: int, workers: int, connections: i
         env.update({"MAILPIPE_HOME": tmp, "MAILPIPE_DATABASE_URL": url, "MAILPIPE_BROKER_URL": broker,
                     "MAILPIPE_SECRET_KEY": new_key(), "MAILPIPE_EMBEDDER": "none", "HF_HUB_OFFLINE": "1"})
         tenants = _seed(url, accounts, env)
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
-        server = _serve(env, port, workers, Path(tmp) / "serve.log")
+        server = serve(env, port, workers, Path(tmp) / "serve.log")
         try:
-            _wait_healthy(base, server)
+            wait_healthy(base, server)
             # Warm: every server process has its connections and each account its queued run.
             asyncio.run(_load(base, tenants, rate=min(rate, 100.0), seconds=2.0, connections=connections, seed=7))
             meter = CpuMeter({"web server": lambda: [server.pid], "postgres": lambda: postmaster_pid(Path(tmp) / "pg")},
