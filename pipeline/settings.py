@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of a PostgreSQL with pgvector; unset: embedded server."
     )
+    embedded_shared_buffers_mb: int | None = Field(
+        default=None, ge=16, description="The embedded server's shared buffers in MB; unset: a quarter of the "
+        "memory, 128 MB to 1 GB. Applies when that server starts.",
+    )
     broker_url: str | None = Field(
         default=None, description="Celery broker (e.g. redis://...); unset: kombu's SQLAlchemy transport."
     )

@@ -23,7 +23,7 @@ def database_url(settings: Settings) -> str:
     """The URL to use: the configured one, or the embedded server's (started if needed)."""
     if settings.database_url:
         return normalize_url(settings.database_url)
-    return start_embedded_postgres(settings.pgdata)
+    return start_embedded_postgres(settings.pgdata, shared_buffers_mb=settings.embedded_shared_buffers_mb)
 
 
 def normalize_url(url: str) -> str:
