@@ -6,11 +6,20 @@ usually leave nothing, although matching messages exist. The vector side picks i
 many messages the filters leave (counted up to EXACT_SCAN_MESSAGES + 1 through the filter indexes
 of migration 0006):
 
-- at most EXACT_SCAN_MESSAGES: an exact scan over those messages' chunks (no HNSW; a couple of
-  thousand distances cost a few milliseconds, and recall is perfect);
+- at most EXACT_SCAN_MESSAGES (EXACT_SCAN_SENDER_MESSAGES for a sender's address): an exact scan
+  over those messages' chunks (no HNSW; a few microseconds per chunk, and recall is perfect);
 - more: the HNSW index with pgvector's iterative scan, which keeps walking the graph until enough
   chunks pass the filter. At least EXACT_SCAN_MESSAGES matching messages means a large enough
   share of the index matches for HNSW_MAX_SCAN_TUPLES visited chunks to yield the candidates.
+
+Why more for a sender's address: the iterative scan's cost depends on how many matches lie *near
+the query*, not on how many there are, and a bulk sender's mail sits in a corner of the vector space
+of its own: for a sender of 7,900 messages at 100k (GitHub notifications) the walk visited 9,500
+chunks, a join to their messages for each, 0.5–1 s; the exact scan of those 7,900 chunks took
+40–90 ms on the same loaded machine (docs/PERFORMANCE.md, search-latency). An address (with dates
+and the account) is answered from ix_messages_from_email alone (migration 0013), so counting and
+listing those messages reads no message row; labels and sender words read a row per message to
+count, and keep the lower limit.
 
 Full text is always exact: the GIN index on `tsv` and the filter indexes combine in one plan.
 """
@@ -18,7 +27,9 @@ Full text is always exact: the GIN index on `tsv` and the filter indexes combine
 from __future__ import annotations
 
 import json
+import os
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -40,6 +51,7 @@ HNSW_EF_SEARCH = 100
 # Chunks the iterative scan may visit before giving up (pgvector's default, stated so it is ours).
 HNSW_MAX_SCAN_TUPLES = 20_000
 EXACT_SCAN_MESSAGES = 2_000
+EXACT_SCAN_SENDER_MESSAGES = 10_000
 PLANNER_TRUST = 10  # a planner estimate above this many times EXACT_SCAN_MESSAGES is not counted
 SNIPPET_CHARS = 300
 HEADLINE_OPTIONS = "MaxWords=35, MinWords=15, MaxFragments=1, StartSel=«, StopSel=»"
@@ -107,21 +119,24 @@ class Hit:
 
 def search(engine: Engine, query: str, *, account_id: int | None, limit: int = 10,
            embedder: Embedder | None = None, filters: SearchFilters | None = None,
-           per_thread: bool = True, exact_scan_messages: int = EXACT_SCAN_MESSAGES) -> list[Hit]:
+           per_thread: bool = True, exact_scan_messages: int | None = None) -> list[Hit]:
     """The `limit` best messages for `query`; with `per_thread`, only the best one of each thread.
 
-    `exact_scan_messages`: the most filtered messages whose chunks are compared exactly; above, HNSW.
+    `exact_scan_messages`: the most filtered messages whose chunks are compared exactly; above, HNSW
+    (default: exact_scan_limit(filters)).
     """
     query = query.strip()
     if not query:
         return []
     filters = filters or SearchFilters()
+    if exact_scan_messages is None:
+        exact_scan_messages = exact_scan_limit(filters)
     where, params = _conditions(filters, account_id)
     n = max(CANDIDATES, 2 * limit)
     # The query is embedded on one core while PostgreSQL answers the full-text half (and counts what
     # the filters leave) on another: the embedding is most of a search's time on the CPU.
-    with ThreadPoolExecutor(max_workers=1) as pool, transaction(engine) as s:
-        pending = pool.submit(embedder.embed, [query]) if embedder is not None else None
+    with transaction(engine) as s:
+        pending = _embedding_pool().submit(embedder.embed, [query]) if embedder is not None else None
         text_ids = _text_candidates(s, query, where, params, n)
         vector_ranked: list[tuple[int, str]] = []  # (message id, its best chunk), best first
         if embedder is not None and pending is not None:
@@ -161,6 +176,24 @@ def search(engine: Engine, query: str, *, account_id: int | None, limit: int = 1
             labels=list(labels or []),
         ))
     return hits
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _embedding_pool() -> ThreadPoolExecutor:
+    """This process's threads for query embeddings, started once: a thread per search cost more
+    than the rest of the Python side of a search on a loaded machine. Made again after a fork."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-embed"))
+    return _pool[1]
+
+
+def exact_scan_limit(filters: SearchFilters) -> int:
+    """The most matching messages compared exactly: more when the sender's address index answers alone."""
+    by_address = bool(filters.sender) and _looks_like_address(filters.sender or "")
+    return EXACT_SCAN_SENDER_MESSAGES if by_address and not filters.labels else EXACT_SCAN_MESSAGES
 
 
 def _conditions(filters: SearchFilters, account_id: int | None) -> tuple[list[str], dict[str, Any]]:
@@ -317,7 +350,9 @@ def passage(chunk: str, query: str, width: int = SNIPPET_CHARS) -> str:
     begin = 0
     if starts:
         # The window [s, s + width) holding the most matched words, started a little before the first.
-        best = max(starts, key=lambda st: sum(1 for o in starts if st <= o < st + width))
+        # starts is ascending: the words in [st, st + width) are those up to bisect's index.
+        best = max(range(len(starts)), key=lambda i: bisect_left(starts, starts[i] + width) - i)
+        best = starts[best]
         begin = max(0, best - 40)
         begin = body.rfind(" ", 0, begin) + 1 if begin else 0
     window = body[begin:begin + width]

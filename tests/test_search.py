@@ -281,3 +281,16 @@ def test_passage_picks_the_window_with_most_query_words() -> None:
     assert "«invoices» were «paid»" in snippet
     assert not snippet.startswith("Subject") and len(snippet) <= 300 + 4 * 2
     assert passage("Subject: s\nFrom: f\nshort body", "unrelated") == "short body"
+
+
+def test_a_senders_address_is_scanned_exactly_further_than_other_filters() -> None:
+    """An address is answered by its covering index (migration 0013); labels and words read rows."""
+    from pipeline.search import EXACT_SCAN_MESSAGES, EXACT_SCAN_SENDER_MESSAGES, exact_scan_limit
+
+    assert EXACT_SCAN_SENDER_MESSAGES > EXACT_SCAN_MESSAGES
+    assert exact_scan_limit(SearchFilters(sender="jane@example.com")) == EXACT_SCAN_SENDER_MESSAGES
+    assert exact_scan_limit(SearchFilters(sender="jane@example.com", after=datetime(2024, 1, 1, tzinfo=UTC))) \
+        == EXACT_SCAN_SENDER_MESSAGES
+    assert exact_scan_limit(SearchFilters(sender="jane")) == EXACT_SCAN_MESSAGES
+    assert exact_scan_limit(SearchFilters(sender="jane@example.com", labels=("Inbox",))) == EXACT_SCAN_MESSAGES
+    assert exact_scan_limit(SearchFilters(labels=("Inbox",))) == EXACT_SCAN_MESSAGES
