@@ -169,25 +169,30 @@ def thread_page(engine: Engine, account_id: int, thread_id: int, limit: int, cur
         if thread is None or thread.account_id != account_id:
             raise NotFoundError("no such thread")
         insight = s.get(Insight, thread_id)
-        q = select(Message).where(Message.thread_id == thread_id, Message.account_id == account_id)
+        # The columns shown, the text cut in SQL: a whole Message would bring its raw bytes, both
+        # texts and its tsvector from TOAST for every message of the page.
+        q = select(Message.id, Message.rfc_message_id, Message.message_key, Message.sent_at, Message.from_email,
+                   Message.from_name, Message.from_me, Message.subject, Message.labels, Message.category,
+                   func.left(func.coalesce(func.nullif(Message.stripped_text, ""), Message.full_text, ""),
+                             MESSAGE_TEXT_CHARS).label("text")
+                   ).where(Message.thread_id == thread_id, Message.account_id == account_id)
         if after is not None:
             at, mid = _time(after[0]), _int(after[1])
             if at is None:
                 q = q.where(or_(and_(Message.sent_at.is_(None), Message.id > mid), Message.sent_at.is_not(None)))
             else:
                 q = q.where(or_(Message.sent_at > at, and_(Message.sent_at == at, Message.id > mid)))
-        rows = list(s.execute(q.order_by(Message.sent_at.asc().nulls_first(), Message.id).limit(limit + 1)).scalars())
+        rows = list(s.execute(q.order_by(Message.sent_at.asc().nulls_first(), Message.id).limit(limit + 1)))
     extra = {
         "id": thread.id, "subject": thread.subject, "message_count": thread.message_count,
         "first_at": _iso(thread.first_at), "last_at": _iso(thread.last_at),
         "insight": insight_dict(insight, thread) if insight else None,
     }
 
-    def render(m: Message) -> dict[str, Any]:
+    def render(m: Any) -> dict[str, Any]:
         return {"id": m.id, "message_id": m.rfc_message_id or m.message_key, "date": _iso(m.sent_at),
                 "from": m.from_email, "from_name": m.from_name, "from_me": bool(m.from_me), "subject": m.subject,
-                "labels": list(m.labels or []), "category": m.category,
-                "text": (m.stripped_text or m.full_text or "")[:MESSAGE_TEXT_CHARS]}
+                "labels": list(m.labels or []), "category": m.category, "text": m.text}
 
     return _page(rows, limit, f"thread:{thread_id}", lambda m: [_iso(m.sent_at), m.id], render, extra)
 

@@ -384,7 +384,7 @@ def test_breakers_for_and_breaker_states(engine: Engine, redis_url: str) -> None
     assert isinstance(on_postgres.store, PostgresBreakerStore)
     assert breakers_for(_settings(), engine) is on_postgres  # one per process
     _trip(on_postgres, "gmail")
-    [state] = breaker_states(_settings(), engine)
+    [state] = breaker_states(_settings(), engine)  # the stored gmail breaker, not a default one too
     assert (state.name, state.state) == ("gmail", OPEN)
     assert 25 <= state.retry_after <= 30
 
@@ -397,3 +397,12 @@ def test_breakers_for_and_breaker_states(engine: Engine, redis_url: str) -> None
         assert found[name].state == OPEN and 5 <= found[name].retry_after <= 7
     finally:
         delete_redis_prefix(redis_url, on_redis.store.prefix + name)
+
+
+def test_known_breakers_are_listed_closed_before_first_use(engine: Engine) -> None:
+    """Gmail's and the configured AI endpoint's breakers exist for /metrics from the start."""
+    name = f"ai-{uuid.uuid4().hex[:8]}.example:8080"
+    settings = _settings(ai_base_url=f"http://{name}/v1")
+    found = {s.name: s for s in breaker_states(settings, engine)}
+    assert found[f"ai:{name}"].state == CLOSED and found[f"ai:{name}"].failures == 0
+    assert "gmail" in found

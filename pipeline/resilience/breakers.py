@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -417,10 +417,14 @@ class Breakers:
         with self.get(name).guard():
             yield
 
-    def states(self) -> list[BreakerState]:
+    def states(self, known: Sequence[str] = ()) -> list[BreakerState]:
+        """The stored breakers, and the `known` ones never stored yet as closed with no failure."""
         now = time.time()
         out = []
-        for name, state, failures, opened_at in sorted(self.store.records()):
+        records = {r[0]: r for r in self.store.records()}
+        for name in known:
+            records.setdefault(name, (name, CLOSED, 0, None))
+        for name, state, failures, opened_at in sorted(records.values()):
             wait = 0.0
             if state == OPEN and opened_at is not None:
                 wait = max(0.0, opened_at.timestamp() + self.reset_seconds - now)
@@ -449,6 +453,8 @@ def breakers_for(settings: Settings, engine: Engine) -> Breakers:
 
 
 def breaker_states(settings: Settings, engine: Engine) -> list[BreakerState]:
-    """Every breaker the shared store knows, by name, for `mailpipe status`."""
-    return breakers_for(settings, engine).states()
+    """Every breaker the shared store knows, by name, for `mailpipe status` and /metrics: Gmail's and the
+    configured AI endpoint's always (closed until first used), so an alert on them has a series to watch."""
+    known = [GMAIL] + ([ai_breaker_name(settings.ai_base_url)] if settings.ai_base_url else [])
+    return breakers_for(settings, engine).states(known)
 
