@@ -6,7 +6,11 @@ other from one client (closed loop: this measures each request's own latency, no
 endpoint with parameters drawn from that account's rows: a run's progress and its windows page, the
 contacts and threads pages (first page and the page after), a thread. Target (issue #6): p95 ≤ 10 ms.
 
-    python -m bench.api_scale --database-url URL [--requests 200] [--accounts 10] [--report docs/PERFORMANCE.md]
+    python -m bench.api_scale (--data DIR | --database-url URL) [--requests 200] [--accounts 10] \\
+        [--report docs/PERFORMANCE.md]
+
+`--data DIR`: the folder `python -m bench.db_scale --data DIR` filled; its embedded server is started
+(with the product's tuning, pipeline/storage/embedded.py) and migrated, as the product would.
 """
 
 from __future__ import annotations
@@ -146,20 +150,33 @@ def write_report(path: Path, data: dict[str, Any], requests: int, accounts: int)
         "cursor comes from an untimed first page. Load average before and after: "
         f"{data['load_average']}."
     )
-    write_section(path, "api-scale", "python -m bench.api_scale --database-url <the db-scale database> "
+    write_section(path, "api-scale", "python -m bench.api_scale --data <the db-scale --data folder> "
                   f"--requests {requests} --accounts {accounts}",
                   ["endpoint", "requests", "p50 ms", "p95 ms", "max ms"], rows, verdict)
 
 
+def _embedded(data: Path) -> str:
+    from pipeline.storage.db import migrate
+    from pipeline.storage.embedded import start_embedded_postgres
+
+    if not (data / "pgdata" / "PG_VERSION").exists():
+        raise SystemExit(f"{data}: no database there (fill it with python -m bench.db_scale --data {data})")
+    url = start_embedded_postgres(data / "pgdata")
+    migrate(url)
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", required=True, help="A populated mailpipe database (SQLAlchemy URL).")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--database-url", help="A populated mailpipe database (SQLAlchemy URL).")
+    where.add_argument("--data", type=Path, help="A `bench.db_scale --data` folder: its embedded server is used.")
     parser.add_argument("--requests", type=int, default=200, help="Timed requests per endpoint.")
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--report", type=Path, default=None)
     args = parser.parse_args(argv)
-    data = run(args.database_url, args.requests, args.accounts)
+    data = run(args.database_url or _embedded(args.data), args.requests, args.accounts)
     ok = all(r["p95_ms"] <= TARGET_P95_MS for r in data["endpoints"].values())
     if args.json:
         print(json.dumps(data, indent=2))

@@ -12,7 +12,7 @@ from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
-from pipeline.runs import RunProgress, run_progress, runs_progress
+from pipeline.runs import RunProgress, runs_progress, runs_progress_in
 from pipeline.storage.db import transaction
 from pipeline.storage.models import (
     STAGES,
@@ -95,9 +95,9 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
 def run_detail(engine: Engine, run_id: int, account_id: int) -> dict[str, Any]:
     """One run of the account, for the web API: progress per stage (messages, and windows by state),
     failures by class (and by stage). Another account's run is NotFoundError, like a missing one."""
-    with transaction(engine) as s:
-        owner = s.execute(select(SyncRun.account_id).where(SyncRun.id == run_id)).scalar()
-        if owner != account_id:
+    with transaction(engine) as s:  # one transaction, one snapshot: a page whose parts agree
+        progress = runs_progress_in(s, [run_id]).get(run_id)
+        if progress is None or progress.account_id != account_id:
             raise NotFoundError("no such run")
         states = s.execute(
             text(" UNION ALL ".join(
@@ -109,7 +109,7 @@ def run_detail(engine: Engine, run_id: int, account_id: int) -> dict[str, Any]:
             select(Failure.stage, Failure.error_class, func.count()).where(Failure.run_id == run_id)
             .group_by(Failure.stage, Failure.error_class)
         ).all()
-    out = _run_dict(run_progress(engine, run_id))
+    out = _run_dict(progress)
     p_open = out["windows"] - out["windows_finished"]
     windows_by_stage: dict[str, dict[str, int]] = {st: {} for st in STAGES}
     for stage, state, n in states:

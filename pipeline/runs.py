@@ -495,49 +495,54 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
 def runs_progress(engine: Engine, run_ids: Sequence[int]) -> dict[int, RunProgress]:
     """The progress of several runs, in four statements whatever their number (`mailpipe status` shows
     the latest runs of every account: one call per run was four round trips each)."""
+    with transaction(engine) as s:
+        return runs_progress_in(s, run_ids)
+
+
+def runs_progress_in(s: Session, run_ids: Sequence[int]) -> dict[int, RunProgress]:
+    """runs_progress in the caller's transaction (the web API's run page reads more in the same one)."""
     ids = list(dict.fromkeys(int(r) for r in run_ids))
     if not ids:
         return {}
     stage_sums = ", ".join(
-        f"coalesce(sum(size) FILTER (WHERE {s} IN {_TERMINAL_SQL}), 0), "
-        f"count(*) FILTER (WHERE {s} = 'failed')"
-        for s in STAGES
+        f"coalesce(sum(size) FILTER (WHERE {st} IN {_TERMINAL_SQL}), 0), "
+        f"count(*) FILTER (WHERE {st} = 'failed')"
+        for st in STAGES
     )
-    with transaction(engine) as s:
-        runs = s.execute(select(SyncRun).where(SyncRun.id.in_(ids))).scalars().all()
-        windows = {
-            int(row[0]): row[1:]
-            for row in s.execute(
-                text(
-                    f"SELECT run_id, count(*) FILTER (WHERE finished), {stage_sums}, "
-                    "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), "
-                    "coalesce(sum(chunks_embedded), 0), coalesce(sum(quota_units), 0) FROM windows "
-                    "WHERE run_id = ANY(:ids) GROUP BY run_id"
-                ),
-                {"ids": ids},
-            )
-        }
-        items = {
-            int(run_id): (int(failed), int(gone))
-            for run_id, failed, gone in s.execute(
-                select(
-                    Failure.run_id,
-                    func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class != "gone"),
-                    func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class == "gone"),
-                ).where(Failure.run_id.in_(ids), Failure.item_ref != "window").group_by(Failure.run_id)
-            )
-            if run_id is not None
-        }
-        owed = {
-            int(run_id): int(n)
-            for run_id, n in s.execute(
-                select(Failure.run_id, func.count())
-                .where(Failure.run_id.in_(ids), Failure.item_ref == "window",
-                       Failure.stage.in_(ENRICHMENT_STAGES), Failure.error_class.in_(RESUMABLE_CLASSES))
-                .group_by(Failure.run_id)
-            )
-            if run_id is not None
-        }
+    runs = s.execute(select(SyncRun).where(SyncRun.id.in_(ids))).scalars().all()
+    windows = {
+        int(row[0]): row[1:]
+        for row in s.execute(
+            text(
+                f"SELECT run_id, count(*) FILTER (WHERE finished), {stage_sums}, "
+                "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), "
+                "coalesce(sum(chunks_embedded), 0), coalesce(sum(quota_units), 0) FROM windows "
+                "WHERE run_id = ANY(:ids) GROUP BY run_id"
+            ),
+            {"ids": ids},
+        )
+    }
+    items = {
+        int(run_id): (int(failed), int(gone))
+        for run_id, failed, gone in s.execute(
+            select(
+                Failure.run_id,
+                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class != "gone"),
+                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class == "gone"),
+            ).where(Failure.run_id.in_(ids), Failure.item_ref != "window").group_by(Failure.run_id)
+        )
+        if run_id is not None
+    }
+    owed = {
+        int(run_id): int(n)
+        for run_id, n in s.execute(
+            select(Failure.run_id, func.count())
+            .where(Failure.run_id.in_(ids), Failure.item_ref == "window",
+                   Failure.stage.in_(ENRICHMENT_STAGES), Failure.error_class.in_(RESUMABLE_CLASSES))
+            .group_by(Failure.run_id)
+        )
+        if run_id is not None
+    }
     tail = 1 + 2 * len(STAGES)
     out: dict[int, RunProgress] = {}
     for run in runs:
@@ -592,6 +597,7 @@ __all__ = [
     "record_failure",
     "run_progress",
     "runs_progress",
+    "runs_progress_in",
     "skip_stage",
     "stalled_windows",
     "touch_windows",
