@@ -73,15 +73,22 @@ async def read_body(request: Request) -> bytes:
     return await request.body()
 
 
-def token_scope(request: Request, _: Bearer) -> int:
-    """The account the request's bearer token is scoped to; 401 without a valid one."""
+async def request_token(request: Request, _: Bearer) -> str:
+    """The request's bearer token; 401 without one. Checked against the database by `_scope`, in the
+    endpoint's own worker thread: a synchronous dependency took a second trip through the thread pool
+    for each request, two thread switches that a loaded machine makes wait (docs/PERFORMANCE.md)."""
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise AuthError("missing credentials: send Authorization: Bearer <token>")
+    return token
+
+
+def _scope(request: Request, token: str) -> int:
+    """The account the bearer token is scoped to; 401 if it is not a valid token."""
     return account_for_token(_res(request).engine, token)
 
 
-Scope = Annotated[int, Depends(token_scope)]
+Token = Annotated[str, Depends(request_token)]
 Body = Annotated[bytes, Depends(read_body)]
 
 
@@ -167,15 +174,17 @@ def gmail_push(
 
 
 @router.get("/v1/runs/{run_id}", tags=["runs"], responses=_ERRORS)
-def run(request: Request, account_id: Scope, run_id: int = Path(ge=1, le=BIGINT)) -> JSONResponse:
+def run(request: Request, token: Token, run_id: int = Path(ge=1, le=BIGINT)) -> JSONResponse:
     """A run's progress: messages through each stage and its windows by state; failures by class."""
+    account_id = _scope(request, token)
     return _ok(run_detail(_res(request).engine, run_id, account_id))
 
 
 @router.get("/v1/runs/{run_id}/windows", tags=["runs"], responses=_ERRORS)
-def run_windows(request: Request, account_id: Scope, run_id: int = Path(ge=1, le=BIGINT),
+def run_windows(request: Request, token: Token, run_id: int = Path(ge=1, le=BIGINT),
                 limit: int = Query(50, ge=1, le=200), cursor: str | None = Query(None)) -> JSONResponse:
     """The run's windows in order, each with its stages' states, a page at a time."""
+    account_id = _scope(request, token)
     return _ok(windows_page(_res(request).engine, account_id, run_id, limit, cursor).as_dict())
 
 
@@ -185,7 +194,7 @@ def run_windows(request: Request, account_id: Scope, run_id: int = Path(ge=1, le
 @router.get("/v1/search", tags=["mail"], responses=_ERRORS)
 def search(
     request: Request,
-    account_id: Scope,
+    token: Token,
     q: str = Query(min_length=1, max_length=1000, description="Words or a question; hybrid semantic + full text."),
     sender: str | None = Query(None, alias="from", description="An address, or words of a sender's name/address."),
     after: str | None = Query(None, description="Sent on or after (YYYY-MM-DD or ISO 8601, UTC)."),
@@ -195,30 +204,34 @@ def search(
     cursor: str | None = Query(None),
 ) -> JSONResponse:
     """The best hit per thread. Pages are offsets into a ranking of at most 200 hits (see `pipeline.pages`)."""
+    account_id = _scope(request, token)
     res = _res(request)
     filters = make_filters(sender, after, before, label or [])
     return _ok(search_page(res.engine, account_id, q, filters, limit, cursor, res.embedder()).as_dict())
 
 
 @router.get("/v1/contacts", tags=["mail"], responses=_ERRORS)
-def contacts(request: Request, account_id: Scope, limit: int = Query(50, ge=1, le=200),
+def contacts(request: Request, token: Token, limit: int = Query(50, ge=1, le=200),
              cursor: str | None = Query(None)) -> JSONResponse:
     """The people the account corresponds with, ranked by recent two-way traffic."""
+    account_id = _scope(request, token)
     res = _res(request)
     return _ok(contacts_page(res.engine, account_id, limit, cursor, res.settings.contact_half_life_days).as_dict())
 
 
 @router.get("/v1/threads", tags=["mail"], responses=_ERRORS)
-def threads(request: Request, account_id: Scope, limit: int = Query(50, ge=1, le=200),
+def threads(request: Request, token: Token, limit: int = Query(50, ge=1, le=200),
             cursor: str | None = Query(None)) -> JSONResponse:
     """The account's threads, latest first, with their insight's category and needs-reply."""
+    account_id = _scope(request, token)
     return _ok(threads_page(_res(request).engine, account_id, limit, cursor).as_dict())
 
 
 @router.get("/v1/threads/{thread_id}", tags=["mail"], responses=_ERRORS)
-def thread(request: Request, account_id: Scope, thread_id: int = Path(ge=1, le=BIGINT),
+def thread(request: Request, token: Token, thread_id: int = Path(ge=1, le=BIGINT),
            limit: int = Query(50, ge=1, le=200), cursor: str | None = Query(None)) -> JSONResponse:
     """One thread: summary, action items, category, needs-reply, and its messages in date order."""
+    account_id = _scope(request, token)
     return _ok(thread_page(_res(request).engine, account_id, thread_id, limit, cursor).as_dict())
 
 
