@@ -491,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
             "an item without its outcome or message; a stage mark missing; window counters (size, new, "
             "duplicates, failed) against their items; run entries and windows_total against their windows; "
             "every figure of `run_progress` (what `mailpipe status` shows) against the rows; thread "
-            "message_count against its messages. Lock errors: worker log lines naming a deadlock, a "
-            "serialization failure, a lock or statement timeout, and failure rows whose reason does. "
+            "message_count against its messages; the per-account counts `mailpipe status` shows (messages, "
+            "threads, contacts, chunks, insights, failures: trigger-kept deltas) against `count(*)`. "
+            "Lock errors: worker log lines naming a deadlock, a serialization failure, a lock or statement "
+            "timeout, and failure rows whose reason does. "
             "Retries: worker log lines `Retry in`. Scaling: messages/s of the load over the first load's."
         )
         write_section(args.report, "hierarchy", command, HEADER, [_row(r) for r in data["loads"]], verdict)
