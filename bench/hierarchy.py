@@ -16,7 +16,9 @@ For each load, after its last run ends:
   on a message (normalized, contacts, insight); and the progress counters against the rows they
   count: each window's size/new/duplicate/failed against its items, each run's entries and
   windows_total against its windows, `run_progress` (what `mailpipe status` and the CLI show) against
-  the rows, each thread's message_count against its messages;
+  the rows, each thread's message_count against its messages, and the per-account counts `mailpipe
+  status` shows (messages, threads, contacts, chunks, insights, failures: kept by triggers as deltas,
+  `pipeline.counts`) against `count(*)`;
 - **lock and serialization errors**: lines of the workers' logs naming a deadlock, a serialization
   failure, a lock timeout or a statement timeout, and failure rows whose reason does (target 0);
 - **throughput**: mbox entries per second over the load (first run started to last run done), and
@@ -257,7 +259,23 @@ def check_integrity(engine: Engine, run_ids: Sequence[int]) -> Integrity:
         }
         progress_off += sum(1 for shown, counted in expected.values() if shown != counted)
     checks["run progress figures that differ from the rows"] = progress_off
+    checks["status counts that differ from count(*)"] = status_count_mismatches(engine, ids)
     return Integrity(checks)
+
+
+def status_count_mismatches(engine: Engine, run_ids: Sequence[int]) -> int:
+    """The (account, kind) counts `mailpipe status` shows for the runs' accounts that differ from `count(*)`."""
+    from pipeline.counts import KINDS, actual_counts
+    from pipeline.reports import status
+
+    with engine.connect() as conn:
+        accounts = dict(conn.execute(text(
+            "SELECT DISTINCT a.email, a.id FROM accounts a JOIN sync_runs r ON r.account_id = a.id "
+            "WHERE r.id = ANY(:ids)"), {"ids": list(run_ids)}).all())
+        actual = actual_counts(conn)
+    shown = {row["email"]: row for row in status(engine) if row["email"] in accounts}
+    return sum(1 for email, account_id in accounts.items() for kind in KINDS
+               if shown[email][kind] != actual.get((account_id, kind), 0))
 
 
 def lock_failure_rows(engine: Engine, run_ids: Sequence[int]) -> int:
@@ -473,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
             "an item without its outcome or message; a stage mark missing; window counters (size, new, "
             "duplicates, failed) against their items; run entries and windows_total against their windows; "
             "every figure of `run_progress` (what `mailpipe status` shows) against the rows; thread "
-            "message_count against its messages. Lock errors: worker log lines naming a deadlock, a "
-            "serialization failure, a lock or statement timeout, and failure rows whose reason does. "
+            "message_count against its messages; the per-account counts `mailpipe status` shows (messages, "
+            "threads, contacts, chunks, insights, failures: trigger-kept deltas) against `count(*)`. "
+            "Lock errors: worker log lines naming a deadlock, a serialization failure, a lock or statement "
+            "timeout, and failure rows whose reason does. "
             "Retries: worker log lines `Retry in`. Scaling: messages/s of the load over the first load's."
         )
         write_section(args.report, "hierarchy", command, HEADER, [_row(r) for r in data["loads"]], verdict)

@@ -13,10 +13,14 @@ bookkeeping, and reconciliation of stored counters with the rows they count.
   records; window items (a row per message per run) go earlier, after `window_items_retention_days`.
   Never mail: messages do not depend on runs. Each account's latest run, and any run with enrichment
   still owed (the sweep re-opens those windows from their items), are kept.
+  Retention also folds the per-account count deltas (`pipeline.counts.compact`): `mailpipe status` sums
+  what was written since the previous fold, so that stays an hour's worth.
 - Reconciliation: contacts' counts, dates and rank, threads' counts and dates, windows' ingest counters
   and runs' totals are recomputed from rows; only rows that differ are rewritten. Each fix first locks
   the rows with SKIP LOCKED, so a stage updating one right now is never waited for (no deadlock with
-  its own lock order) and its increment lands after our recount, on top of it.
+  its own lock order) and its increment lands after our recount, on top of it. Then the per-account
+  counts of `mailpipe status` are checked against `count(*)` (`pipeline.counts.verify`: a drift is
+  corrected and reported) and their deltas folded.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from pipeline.changes import recount_contacts
+from pipeline.counts import compact, verify
 from pipeline.enrichment import ENRICHMENT_STAGES, RESUMABLE_CLASSES
 from pipeline.resilience.quota import IDLE_EXPIRY_SECONDS
 from pipeline.runs import abandon_run, driver_is_dead, maybe_finish_run, stalled_windows, touch_windows
@@ -179,6 +184,7 @@ class RetentionReport:
     window_items_deleted: int = 0
     failures_deleted: int = 0
     quota_buckets_deleted: int = 0
+    count_deltas_folded: int = 0  # per-account count rows folded into their sums
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -235,6 +241,7 @@ def retention(engine: Engine, settings: Settings) -> RetentionReport:
                  "AND paused_until < extract(epoch FROM now())"),
             {"idle": IDLE_EXPIRY_SECONDS},
         ).rowcount)  # type: ignore[attr-defined]
+    report.count_deltas_folded = compact(engine).folded
     if any(report.as_dict().values()):
         log.info("retention: %s", report.as_dict())
     return report
@@ -316,6 +323,9 @@ class ReconcileReport:
     windows: list[int] = field(default_factory=list)
     runs: list[int] = field(default_factory=list)
     busy: int = 0  # drifted rows another transaction held: left for the next pass
+    # Per-account counts (`mailpipe status`) that differed from count(*), now corrected: account_id,
+    # kind, stored, actual.
+    counts: list[dict[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -345,7 +355,10 @@ def reconcile(engine: Engine, settings: Settings) -> ReconcileReport:
     with transaction(engine) as s:
         report.windows = sorted(int(i) for i in s.execute(text(_FIX_WINDOWS)).scalars())
         report.runs = sorted(int(i) for i in s.execute(text(_FIX_RUNS)).scalars())
-    if report.contacts or report.threads or report.windows or report.runs:
+    # After the threads' fixes above, which move the count of threads holding mail through its trigger.
+    report.counts = [d.as_dict() for d in verify(engine)]
+    compact(engine)
+    if report.contacts or report.threads or report.windows or report.runs or report.counts:
         log.warning("reconciliation repaired drifted counters: %s", report.as_dict())
     return report
 

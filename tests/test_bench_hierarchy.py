@@ -39,6 +39,11 @@ def test_a_tiny_load_completes_and_the_checks_catch_planted_inconsistencies(
                   "messages not created by exactly one item", "messages no item refers to"):
         assert found[check] == 1, (check, found)
 
+    with engine.begin() as conn:  # a per-account count of `mailpipe status` that no longer matches its rows
+        conn.execute(text("INSERT INTO account_count_deltas (account_id, kind, xact, delta) "
+                          "SELECT account_id, 'contacts', 1, 1 FROM sync_runs WHERE id = :r"), {"r": result.run_ids[0]})
+    assert check_integrity(engine, result.run_ids).failed()["status counts that differ from count(*)"] == 1
+
 
 def test_lock_errors_are_found_in_what_a_log_gained(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"

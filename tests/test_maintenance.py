@@ -170,7 +170,9 @@ def test_retention_deletes_old_bookkeeping_never_mail(engine: Engine) -> None:
     assert _sql(engine, "SELECT count(*) FROM windows WHERE id = :w", w=recent_window).scalar() == 1
     assert set(_sql(engine, "SELECT run_id FROM failures").scalars()) == {owed, recent, fresh, latest}
     assert report.as_dict() == {"runs_deleted": 1, "windows_deleted": 1, "window_items_deleted": 2 + 2 + 2,
-                                "failures_deleted": 1, "quota_buckets_deleted": 1}
+                                "failures_deleted": 1, "quota_buckets_deleted": 1,
+                                "count_deltas_folded": report.count_deltas_folded}
+    assert report.count_deltas_folded > 0  # status's count rows of the set-up's transactions, folded
     assert set(_sql(engine, "SELECT key FROM quota_buckets").scalars()) == {"busy", "paused"}
     assert _sql(engine, "SELECT count(*) FROM messages").scalar() == messages  # never mail
     assert retention(engine, settings).as_dict() == dict.fromkeys(report.as_dict(), 0)
@@ -208,7 +210,7 @@ def test_reconciliation_repairs_drifted_counters_and_only_those(engine: Engine, 
     assert summary.status == "done" and summary.contacts > 3
     truth = _counters(engine)
     assert reconcile(engine, settings).as_dict() == {"contacts": [], "threads": [], "windows": [], "runs": [],
-                                                     "busy": 0}  # what the stages stored is consistent
+                                                     "busy": 0, "counts": []}  # what the stages stored is consistent
 
     contacts = [r[0] for r in truth["contacts"]]
     threads = [r[0] for r in truth["threads"] if r[1] > 0]

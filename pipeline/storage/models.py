@@ -345,6 +345,25 @@ class Insight(Base):
     summarized_through: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
 
 
+class AccountCountDelta(Base):
+    """Per-account counts for `mailpipe status`, as deltas written by triggers (migration 0012) in the
+    transaction that inserts or deletes the rows counted: messages, threads holding mail, contacts,
+    embedding chunks, insights, failures. The count is the sum of an account's rows of that kind.
+
+    A transaction adds to its own row (`xact`: its transaction id), so concurrent workers never wait on
+    one counter row; `pipeline.counts` folds committed rows into one per account and kind and checks
+    the sums against `count(*)`. No foreign key: an account's cascade writes its last deltas after the
+    account row is gone (see the migration).
+    """
+
+    __tablename__ = "account_count_deltas"
+
+    account_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    xact: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    delta: Mapped[int] = mapped_column(BigInteger)
+
+
 class AiUsage(Base):
     """The ledger of LLM insight calls: tokens and USD per account per UTC day, against the daily budget.
 
