@@ -8,14 +8,14 @@ message (a message row is ~4 kB of text and raw bytes), ~6,000 pages for a sende
 index-only scan of a few dozen pages.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-05 23:40:00.000000
 """
 from alembic import op
 
 
 revision = '0013'
-down_revision = '0011'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
