@@ -19,7 +19,7 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,7 +122,7 @@ def contacts_page(engine: Engine, account_id: int, limit: int, cursor: str | Non
     now = datetime.now(UTC)
 
     def render(c: Contact) -> dict[str, Any]:
-        return {"id": c.id, **asdict(contact_row(c, now, half_life_days))}
+        return {"id": c.id, **contact_row(c, now, half_life_days).as_dict()}
 
     return _page(rows, limit, "contacts", lambda c: [c.rank_key, c.id], render)
 

@@ -62,3 +62,14 @@ def test_a_threads_page_after_a_cursor_is_an_index_range(engine: Engine) -> None
             "(coalesce(last_at, '-infinity'::timestamptz), id) < (now(), 10) "
             "ORDER BY coalesce(last_at, '-infinity'::timestamptz) DESC, id DESC LIMIT 51")))
     assert "ix_threads_account_page" in plan and "Sort" not in plan, plan
+
+
+def test_a_contact_rows_dict_has_every_field() -> None:
+    """ContactRow.as_dict is written out by hand (asdict was most of a page's time): it must not miss one."""
+    from dataclasses import asdict
+
+    from pipeline.reports import ContactRow
+
+    row = ContactRow(email="a@b.c", name="A", company=None, sent=1, received=2, threads=3,
+                     first_seen="2024-01-01T00:00:00+00:00", last_seen=None, rank=0.5)
+    assert row.as_dict() == asdict(row)
