@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.generate import generate_mbox
+from pipeline.normalize.feedparse import message_from_bytes
 from pipeline.normalize.mime_policy import POLICY, PlainHeader
 from pipeline.sources.mbox import iter_messages, open_mbox
 
@@ -86,3 +87,22 @@ def _read(chosen: policy.EmailPolicy, name: str, raw: str) -> object:
         return chosen.header_fetch_parse(name, raw)
     except Exception as exc:  # the registry's bugs (an empty group with a comment): the same either way
         return f"{type(exc).__name__}: {exc}"
+
+
+def test_the_parser_without_per_boundary_regexes_builds_the_same_messages(tmp_path: Path) -> None:
+    path = tmp_path / "gen.mbox"
+    generate_mbox(path, 300, seed=5)
+    raws = [entry.raw or b"" for entry in iter_messages(open_mbox(path))]
+    raws += [  # boundaries with characters re.escape escapes, a missing end, whitespace after it
+        b'Content-Type: multipart/mixed; boundary="a.b(c)[d]*+?{e} f$^|\\\\"\n\n'
+        b"--a.b(c)[d]*+?{e} f$^|\\\\\n\nhello\n--a.b(c)[d]*+?{e} f$^|\\\\-- \t\nepilogue\n",
+        b'Content-Type: multipart/mixed; boundary="x"\n\n--x\r\n\r\none\r\n--x\nContent-Type: text/html\n\n<p>two\n',
+        b'Content-Type: multipart/alternative; boundary="q"\n\npreamble\n--q\n\na\n--qq\nb\n--q--\n',
+    ]
+    for raw in raws:
+        ours = message_from_bytes(raw, POLICY)
+        theirs = email.message_from_bytes(raw, policy=POLICY)
+        assert ours.as_bytes() == theirs.as_bytes()
+        assert [(p.get_content_type(), [type(d) for d in p.defects], p.preamble, p.epilogue) for p in ours.walk()] == [
+            (p.get_content_type(), [type(d) for d in p.defects], p.preamble, p.epilogue) for p in theirs.walk()
+        ]
