@@ -33,6 +33,9 @@ def test_backfill_at_a_tiny_size(tmp_path: Path) -> None:
     assert result.messages == 60 and result.stored == 60 and result.failed == 0 and result.failed_windows == 0
     assert result.command_seconds >= result.run_seconds > 0 and result.bare_seconds > 0
     assert result.rate > 0 and result.bare_rate > 0
-    # Both rates and the ratio are rounded for the report (0.1 and 0.001): compared within that.
-    assert result.ratio == pytest.approx(result.rate / result.bare_rate, rel=0.01, abs=1e-3)
+    # Both rates and the ratio are rounded for the report (0.1 and 0.001): compared within that. At
+    # this size on a loaded machine a rate can be a few messages per second, where 0.05 is over 1%.
+    from_rates = result.rate / result.bare_rate
+    rounding = from_rates * (0.05 / result.rate + 0.05 / result.bare_rate) + 0.0005
+    assert abs(result.ratio - from_rates) <= rounding * 1.01 + 1e-9
     assert set(result.cpu_seconds) == {"cli and workers", "postgres"} and result.cpu_seconds["cli and workers"] > 0

@@ -9,6 +9,7 @@ from email.message import Message
 
 from pipeline.errors import ParseError
 from pipeline.normalize.body import extract_body
+from pipeline.normalize.feedparse import message_from_bytes
 from pipeline.normalize.headers import read_headers
 from pipeline.normalize.mime_policy import POLICY
 from pipeline.normalize.quotes import strip_reply
@@ -76,7 +77,7 @@ def parse_message(
 
 def _parse_bytes(raw: bytes, defects: list[str]) -> Message:
     try:
-        return email.message_from_bytes(raw, policy=POLICY)
+        return message_from_bytes(raw, POLICY)
     except Exception as exc:  # the parser consults the header registry for Content-Type
         defects.append(f"structure: policy.default parse failed, used compat32: {type(exc).__name__}: {exc}")
         return email.message_from_bytes(raw, policy=policy.compat32)

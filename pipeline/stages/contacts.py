@@ -10,6 +10,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -19,7 +20,7 @@ from pipeline.contacts import company_for, extract_participants, rank_log_increm
 from pipeline.records import Address, ParsedMessage, Participant
 from pipeline.runs import StageClaim
 from pipeline.settings import Settings
-from pipeline.stages.normalize import mark_messages, own_addresses, window_messages
+from pipeline.stages.normalize import mark_messages, own_addresses, window_message_rows
 from pipeline.storage.models import Contact, ContactThread, Message, MessageParticipant
 
 TWO_WAY_BONUS = math.log(2.0)
@@ -38,7 +39,7 @@ class _Delta:
 
 def contacts_window(session: Session, claim: StageClaim, settings: Settings) -> dict[str, int]:
     own = own_addresses(session, claim.account_id)
-    messages = [m for m in window_messages(session, claim.window_id, Message.contacts_at) if m.normalized_at]
+    messages = window_message_rows(session, claim.window_id, Message.contacts_at, *_MESSAGE_COLUMNS)
     per_message = {m.id: _participants(m, own) for m in messages}
     emails = sorted({p.email for ps in per_message.values() for p in ps})
     ids = _upsert_contacts(session, claim.account_id, emails)
@@ -68,13 +69,17 @@ def contacts_window(session: Session, claim: StageClaim, settings: Settings) -> 
             inc = rank_log_increment(traffic, when, settings.contact_half_life_days)
             d.rank_log = inc if d.rank_log is None else _logaddexp(d.rank_log, inc)
     new_threads = _insert_contact_threads(session, deltas)
-    for contact_id in sorted(deltas):
-        _apply(session, contact_id, deltas[contact_id], new_threads.get(contact_id, 0))
+    _apply(session, [(cid, deltas[cid], new_threads.get(cid, 0)) for cid in sorted(deltas)])
     mark_messages(session, [m.id for m in messages], Message.contacts_at)
     return {}
 
 
-def _participants(m: Message, own: frozenset[str]) -> list[Participant]:
+# What the stage reads of a message: its normalized columns, not the whole row.
+_MESSAGE_COLUMNS = (Message.sent_at, Message.thread_id, Message.rfc_message_id, Message.subject, Message.from_name,
+                    Message.from_email, Message.recipients, Message.content_type, Message.is_bulk)
+
+
+def _participants(m: Any, own: frozenset[str]) -> list[Participant]:
     # Rebuild what extract_participants reads from the normalized columns instead of re-parsing.
     r = m.recipients or {}
     stub = ParsedMessage(
@@ -138,33 +143,36 @@ def _insert_contact_threads(session: Session, deltas: dict[int, _Delta]) -> dict
     return counts
 
 
-def _apply(session: Session, contact_id: int, d: _Delta, new_threads: int) -> None:
-    session.execute(
-        text(
-            "UPDATE contacts SET sent_count = sent_count + :sent, received_count = received_count + :received, "
-            "thread_count = thread_count + :threads, "
-            "first_seen = least(first_seen, :first), last_seen = greatest(last_seen, :last), "
-            "names = (SELECT coalesce(array_agg(DISTINCT n ORDER BY n), '{}') "
-            "         FROM unnest(names || CAST(:names AS text[])) AS n), "
-            "name = CASE WHEN :last IS NOT NULL AND (last_seen IS NULL OR :last >= last_seen) "
-            "            AND :name <> '' THEN :name ELSE coalesce(nullif(name, ''), :name) END, "
-            "rank_log = CASE WHEN CAST(:rank AS float8) IS NULL THEN rank_log WHEN rank_log IS NULL THEN :rank "
-            "           ELSE greatest(rank_log, :rank) + ln(1 + exp(-abs(rank_log - :rank))) END "
-            "WHERE id = :id"
-        ),
-        {
-            "id": contact_id, "sent": d.sent, "received": d.received, "threads": new_threads,
-            "first": d.first, "last": d.last, "names": sorted(d.names), "rank": d.rank_log,
-            "name": max(d.names, key=len) if d.names else "",
-        },
-    )
-    session.execute(
-        text(
-            "UPDATE contacts SET rank_key = rank_log + CASE WHEN sent_count > 0 AND received_count > 0 "
-            "THEN :bonus ELSE 0 END WHERE id = :id"
-        ),
-        {"id": contact_id, "bonus": TWO_WAY_BONUS},
-    )
+_APPLY = text(
+    "UPDATE contacts SET sent_count = sent_count + :sent, received_count = received_count + :received, "
+    "thread_count = thread_count + :threads, "
+    "first_seen = least(first_seen, :first), last_seen = greatest(last_seen, :last), "
+    "names = (SELECT coalesce(array_agg(DISTINCT n ORDER BY n), '{}') "
+    "         FROM unnest(names || CAST(:names AS text[])) AS n), "
+    "name = CASE WHEN :last IS NOT NULL AND (last_seen IS NULL OR :last >= last_seen) "
+    "            AND :name <> '' THEN :name ELSE coalesce(nullif(name, ''), :name) END, "
+    "rank_log = CASE WHEN CAST(:rank AS float8) IS NULL THEN rank_log WHEN rank_log IS NULL THEN :rank "
+    "           ELSE greatest(rank_log, :rank) + ln(1 + exp(-abs(rank_log - :rank))) END "
+    "WHERE id = :id"
+)
+_RANK_KEY = text(
+    "UPDATE contacts SET rank_key = rank_log + CASE WHEN sent_count > 0 AND received_count > 0 "
+    "THEN :bonus ELSE 0 END WHERE id = :id"
+)
+
+
+def _apply(session: Session, updates: list[tuple[int, _Delta, int]]) -> None:
+    """Add each contact's delta (contact id order: row locks in one order). Each statement goes once
+    with every contact's parameters (one pipeline), not once per contact."""
+    if not updates:
+        return
+    session.execute(_APPLY, [
+        {"id": contact_id, "sent": d.sent, "received": d.received, "threads": new_threads,
+         "first": d.first, "last": d.last, "names": sorted(d.names), "rank": d.rank_log,
+         "name": max(sorted(d.names), key=len) if d.names else ""}
+        for contact_id, d, new_threads in updates
+    ])
+    session.execute(_RANK_KEY, [{"id": contact_id, "bonus": TWO_WAY_BONUS} for contact_id, _, _ in updates])
 
 
 def _logaddexp(a: float, b: float) -> float:
