@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -294,3 +295,32 @@ def test_a_senders_address_is_scanned_exactly_further_than_other_filters() -> No
     assert exact_scan_limit(SearchFilters(sender="jane")) == EXACT_SCAN_MESSAGES
     assert exact_scan_limit(SearchFilters(sender="jane@example.com", labels=("Inbox",))) == EXACT_SCAN_MESSAGES
     assert exact_scan_limit(SearchFilters(labels=("Inbox",))) == EXACT_SCAN_MESSAGES
+
+
+def test_search_takes_the_exact_scan_for_an_address_above_the_general_limit(
+        db: Engine, embedder: LocalEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the general limit below the desk's 150 bookings, its address still gets the exact scan;
+    the same sender by a word of its name takes the HNSW walk."""
+    from sqlalchemy import event
+
+    import pipeline.search as search_module
+
+    monkeypatch.setattr(search_module, "EXACT_SCAN_MESSAGES", 10)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db, "before_cursor_execute", seen)
+    try:
+        plans = {}
+        for sender in (DESK, "travel"):
+            statements.clear()
+            hits = search(db, "flight to Lisbon", account_id=None, embedder=embedder,
+                          filters=SearchFilters(sender=sender))
+            assert hits and all(h.from_ == DESK for h in hits), sender
+            plans[sender] = ("exact" if any("WITH c AS MATERIALIZED" in st for st in statements) else
+                             "hnsw" if any("hnsw.iterative_scan" in st for st in statements) else "?")
+    finally:
+        event.remove(db, "before_cursor_execute", seen)
+    assert plans == {DESK: "exact", "travel": "hnsw"}
