@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Engine, any_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -484,6 +485,9 @@ class RunProgress:
     gone_messages: int  # deleted from the source between listing and fetching
     chunks_embedded: int
     quota_units: int  # Gmail quota units the windows' fetches spent
+    # Read with detail=True only (the web API's run page); empty otherwise.
+    windows_by_state: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> state -> windows
+    failures_by_stage: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> class -> rows
 
 
 def run_progress(engine: Engine, run_id: int) -> RunProgress:
@@ -494,64 +498,99 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
 
 
 def runs_progress(engine: Engine, run_ids: Sequence[int]) -> dict[int, RunProgress]:
-    """The progress of several runs, in four statements whatever their number (`mailpipe status` shows
+    """The progress of several runs, in three statements whatever their number (`mailpipe status` shows
     the latest runs of every account: one call per run was four round trips each)."""
     with transaction(engine) as s:
         return runs_progress_in(s, run_ids)
 
 
-def runs_progress_in(s: Session, run_ids: Sequence[int]) -> dict[int, RunProgress]:
-    """runs_progress in the caller's transaction (the web API's run page reads more in the same one)."""
+_STAGE_SUMS = ", ".join(
+    f"coalesce(sum(size) FILTER (WHERE {st} IN {_TERMINAL_SQL}), 0), count(*) FILTER (WHERE {st} = 'failed')"
+    for st in STAGES
+)
+_STAGE_COLUMNS = ", ".join(STAGES)
+# GROUPING(ingest, ..., insight) has a bit set for each stage column a row is not grouped by: all of
+# them for a run's own row, all but one for a row counting one stage's windows in one state.
+_RUN_ROW = (1 << len(STAGES)) - 1
+_ENRICHMENT_SQL = ", ".join(f"'{st}'" for st in ENRICHMENT_STAGES)
+_RESUMABLE_SQL = ", ".join(f"'{c}'" for c in RESUMABLE_CLASSES)
+
+
+def _windows_sql(detail: bool) -> str:
+    """Per run: finished windows, per stage messages through it and failed windows, and the run's sums.
+    With detail, the same scan also counts each stage's windows by state (a grouping set per stage)."""
+    groups = ("GROUPING SETS ((run_id), " + ", ".join(f"(run_id, {st})" for st in STAGES) + ")"
+              if detail else "run_id")
+    grouping = f"GROUPING({_STAGE_COLUMNS})" if detail else str(_RUN_ROW)
+    states = _STAGE_COLUMNS if detail else ", ".join("NULL" for _ in STAGES)
+    return (
+        f"SELECT run_id, {grouping}, {states}, count(*), count(*) FILTER (WHERE finished), {_STAGE_SUMS}, "
+        "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), coalesce(sum(chunks_embedded), 0), "
+        f"coalesce(sum(quota_units), 0) FROM windows WHERE run_id = ANY(:ids) GROUP BY {groups}"
+    )
+
+
+def _failures_sql(detail: bool) -> str:
+    """Per run: failed and gone items (distinct across stages), enrichment owed to the sweep; with
+    detail, also failure rows by stage and class, from the same scan."""
+    groups = "GROUPING SETS ((run_id), (run_id, stage, error_class))" if detail else "run_id"
+    grouping = "GROUPING(stage, error_class)" if detail else "3"
+    keys = "stage, error_class" if detail else "NULL, NULL"
+    return (
+        f"SELECT run_id, {grouping}, {keys}, count(*), "
+        "count(DISTINCT item_ref) FILTER (WHERE item_ref <> 'window' AND error_class <> 'gone'), "
+        "count(DISTINCT item_ref) FILTER (WHERE item_ref <> 'window' AND error_class = 'gone'), "
+        f"count(*) FILTER (WHERE item_ref = 'window' AND stage IN ({_ENRICHMENT_SQL}) "
+        f"AND error_class IN ({_RESUMABLE_SQL})) "
+        f"FROM failures WHERE run_id = ANY(:ids) GROUP BY {groups}"
+    )
+
+
+def runs_progress_in(s: Session, run_ids: Sequence[int], *, detail: bool = False) -> dict[int, RunProgress]:
+    """runs_progress in the caller's transaction (the web API's run page reads more in the same one).
+
+    `detail` also fills windows_by_state and failures_by_stage from the same two scans (grouping sets):
+    the run page costs the three statements `status` does, not six."""
     ids = list(dict.fromkeys(int(r) for r in run_ids))
     if not ids:
         return {}
-    stage_sums = ", ".join(
-        f"coalesce(sum(size) FILTER (WHERE {st} IN {_TERMINAL_SQL}), 0), "
-        f"count(*) FILTER (WHERE {st} = 'failed')"
-        for st in STAGES
-    )
     # One array parameter, not IN with a parameter per run: `status` asks for ~300 runs, and an expanded
     # IN made each statement's text (and its parsing, on both sides) grow with them.
-    any_run = any_(bindparam("run_ids", ids, type_=ARRAY(BigInteger)))
-    runs = s.execute(select(SyncRun).where(SyncRun.id == any_run)).scalars().all()
-    windows = {
-        int(row[0]): row[1:]
-        for row in s.execute(
-            text(
-                f"SELECT run_id, count(*) FILTER (WHERE finished), {stage_sums}, "
-                "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), "
-                "coalesce(sum(chunks_embedded), 0), coalesce(sum(quota_units), 0) FROM windows "
-                "WHERE run_id = ANY(:ids) GROUP BY run_id"
-            ),
-            {"ids": ids},
-        )
-    }
-    items = {
-        int(run_id): (int(failed), int(gone))
-        for run_id, failed, gone in s.execute(
-            select(
-                Failure.run_id,
-                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class != "gone"),
-                func.count(func.distinct(Failure.item_ref)).filter(Failure.error_class == "gone"),
-            ).where(Failure.run_id == any_run, Failure.item_ref != "window").group_by(Failure.run_id)
-        )
-        if run_id is not None
-    }
-    owed = {
-        int(run_id): int(n)
-        for run_id, n in s.execute(
-            select(Failure.run_id, func.count())
-            .where(Failure.run_id == any_run, Failure.item_ref == "window",
-                   Failure.stage.in_(ENRICHMENT_STAGES), Failure.error_class.in_(RESUMABLE_CLASSES))
-            .group_by(Failure.run_id)
-        )
-        if run_id is not None
-    }
-    tail = 1 + 2 * len(STAGES)
+    # Columns, not SyncRun objects: `status` reads ~300 runs, and building ORM objects was most of its
+    # Python time.
+    runs = s.execute(
+        select(SyncRun.id, SyncRun.account_id, SyncRun.status, SyncRun.mode, SyncRun.source, SyncRun.reading_done,
+               SyncRun.entries, SyncRun.windows_total, SyncRun.started_at, SyncRun.finished_at, SyncRun.error)
+        .where(SyncRun.id == any_(bindparam("run_ids", ids, type_=ARRAY(BigInteger))))
+    ).all()
+    n_stages = len(STAGES)
+    sums: dict[int, Sequence[Any]] = {}
+    by_state: dict[int, dict[str, dict[str, int]]] = {}
+    for row in s.execute(text(_windows_sql(detail)), {"ids": ids}):
+        run_id, grouping = int(row[0]), int(row[1])
+        if grouping == _RUN_ROW:
+            sums[run_id] = row[2 + n_stages :]  # count(*) first, then as `empty` below
+            continue
+        for i, stage in enumerate(STAGES):
+            if not grouping & (1 << (n_stages - 1 - i)):  # the stage this row counts windows of
+                by_state.setdefault(run_id, {}).setdefault(stage, {})[row[2 + i]] = int(row[2 + n_stages])
+    items: dict[int, tuple[int, int, int]] = {}  # run -> failed items, gone items, owed windows
+    by_stage: dict[int, dict[str, dict[str, int]]] = {}
+    for run_id, grouping, stage, error_class, n, failed, gone, owed in s.execute(
+        text(_failures_sql(detail)), {"ids": ids}
+    ):
+        if run_id is None:
+            continue
+        if grouping == 3:
+            items[int(run_id)] = (int(failed), int(gone), int(owed))
+        else:
+            by_stage.setdefault(int(run_id), {}).setdefault(stage, {})[error_class] = int(n)
+    empty = (0,) * (2 + 2 * n_stages + 4)  # count(*), finished, the stage pairs, four sums
     out: dict[int, RunProgress] = {}
     for run in runs:
-        row = windows.get(run.id) or (0,) * (tail + 4)
-        failed, gone = items.get(run.id, (0, 0))
+        got = sums.get(run.id, empty)
+        tail = 2 + 2 * n_stages
+        failed, gone, owed = items.get(run.id, (0, 0, 0))
         out[run.id] = RunProgress(
             run_id=run.id,
             account_id=run.account_id,
@@ -561,19 +600,21 @@ def runs_progress_in(s: Session, run_ids: Sequence[int]) -> dict[int, RunProgres
             reading_done=run.reading_done,
             entries=run.entries,
             windows_total=run.windows_total,
-            windows_finished=int(row[0]),
+            windows_finished=int(got[1]),
             started_at=run.started_at,
             finished_at=run.finished_at,
             error=run.error,
-            stage_done={st: int(row[1 + 2 * i]) for i, st in enumerate(STAGES)},
-            stage_failed_windows={st: int(row[2 + 2 * i]) for i, st in enumerate(STAGES)},
-            enrichment_owed=owed.get(run.id, 0),
-            new_messages=int(row[tail]),
-            duplicates=int(row[tail + 1]),
+            stage_done={st: int(got[2 + 2 * i]) for i, st in enumerate(STAGES)},
+            stage_failed_windows={st: int(got[3 + 2 * i]) for i, st in enumerate(STAGES)},
+            enrichment_owed=owed,
+            new_messages=int(got[tail]),
+            duplicates=int(got[tail + 1]),
             failed_messages=failed,
             gone_messages=gone,
-            chunks_embedded=int(row[tail + 2]),
-            quota_units=int(row[tail + 3]),
+            chunks_embedded=int(got[tail + 2]),
+            quota_units=int(got[tail + 3]),
+            windows_by_state=by_state.get(run.id, {}) if detail else {},
+            failures_by_stage=by_stage.get(run.id, {}) if detail else {},
         )
     return out
 

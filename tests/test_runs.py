@@ -134,3 +134,37 @@ def test_an_interrupt_wrapped_by_a_library_is_raised_as_itself(engine: Engine) -
 
     with pytest.raises(StageRetry):
         run_stage(engine, settings, wid, "ingest", work)
+
+
+def test_detailed_progress_counts_windows_by_state_and_failures_from_the_same_scans(engine: Engine) -> None:
+    """runs_progress_in(detail=True) reads windows by state and failures by class with grouping sets:
+    its run-level figures must be those of the plain read, and its breakdowns the rows' own counts."""
+    from pipeline.runs import record_failure, runs_progress_in
+
+    account = ensure_account(engine, "me@example.com", [])
+    run = begin_run(engine, account, "import", "test", stale_seconds=60)
+    windows = [add_window(engine, run, i, [RawMessage(f"offset:{i}:{j}", b"Subject: x\n\nhi\n") for j in range(2)])
+               for i in range(3)]
+    with transaction(engine) as s:
+        s.execute(text("UPDATE windows SET ingest = 'done' WHERE id = ANY(:ids)"), {"ids": windows[:2]})
+        s.execute(text("UPDATE windows SET ingest = 'failed', normalize = 'skipped' WHERE id = :id"),
+                  {"id": windows[2]})
+        record_failure(s, account, run, windows[0], "offset:0:0", "ingest", "parse", "x")
+        record_failure(s, account, run, windows[0], "offset:0:0", "normalize", "parse", "x")  # the same item
+        record_failure(s, account, run, windows[1], "offset:1:0", "ingest", "gone", "deleted")
+        record_failure(s, account, run, windows[1], "window", "embed", "transient", "AI down")  # owed
+        record_failure(s, account, run, windows[2], "window", "insight", "permanent", "bad")  # not owed
+    with transaction(engine) as s:
+        plain = runs_progress_in(s, [run])[run]
+        detail = runs_progress_in(s, [run], detail=True)[run]
+    assert plain.windows_by_state == {} and plain.failures_by_stage == {}
+    assert (detail.failed_messages, detail.gone_messages, detail.enrichment_owed) == (1, 1, 1)
+    assert (plain.failed_messages, plain.gone_messages, plain.enrichment_owed) == (1, 1, 1)
+    assert plain.stage_done == detail.stage_done == {"ingest": 6, "normalize": 2, "contacts": 0, "embed": 0,
+                                                    "insight": 0}
+    assert plain.stage_failed_windows == detail.stage_failed_windows
+    assert detail.windows_by_state["ingest"] == {"done": 2, "failed": 1}
+    assert detail.windows_by_state["normalize"] == {"pending": 2, "skipped": 1}
+    assert detail.windows_by_state["insight"] == {"pending": 3}
+    assert detail.failures_by_stage == {"ingest": {"parse": 1, "gone": 1}, "normalize": {"parse": 1},
+                                        "embed": {"transient": 1}, "insight": {"permanent": 1}}
