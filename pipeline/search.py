@@ -141,20 +141,22 @@ def search(engine: Engine, query: str, *, account_id: int | None, limit: int = 1
     # the filters leave) on another: the embedding is most of a search's time on the CPU.
     with transaction(engine) as s:
         pending = _embedding_pool().submit(embedder.embed, [query]) if embedder is not None else None
-        text_ids = _text_candidates(s, query, where, params, n)
-        vector_ranked: list[tuple[int, str]] = []  # (message id, its best chunk), best first
+        text_ranked = _text_candidates(s, query, where, params, n)  # (message id, thread id), best first
+        vector_ranked: list[tuple[int, int | None, str]] = []  # (message id, thread id, its best chunk)
         if embedder is not None and pending is not None:
             vector_ranked = _vector_candidates(s, lambda: str(list(pending.result()[0])), embedder.name, where,
                                                params, filters, account_id, n, exact_scan_messages)
         scores: dict[int, float] = {}
-        for ranked in ([mid for mid, _ in vector_ranked], text_ids):
-            for rank, mid in enumerate(ranked):
+        thread_of: dict[int, int | None] = {}
+        for ranked in ([(mid, tid) for mid, tid, _ in vector_ranked], text_ranked):
+            for rank, (mid, thread_id) in enumerate(ranked):
                 scores[mid] = scores.get(mid, 0.0) + 1.0 / (RRF_K + rank + 1)
+                thread_of[mid] = thread_id
         if not scores:
             return []
-        chosen = _choose(s, scores, limit, per_thread)
-        best_chunk = dict(vector_ranked)
-        text_set = set(text_ids)
+        chosen = _choose(scores, thread_of, limit, per_thread)
+        best_chunk = {mid: chunk for mid, _, chunk in vector_ranked}
+        text_set = {mid for mid, _ in text_ranked}
         rows = s.execute(
             text(
                 "SELECT m.id, coalesce(m.rfc_message_id, m.message_key), m.thread_id, coalesce(m.subject, ''), "
@@ -230,8 +232,8 @@ def _conditions(filters: SearchFilters, account_id: int | None) -> tuple[list[st
 
 def _vector_candidates(s: Session, vector_of: Callable[[], str], model: str, where: list[str],
                        params: dict[str, Any], filters: SearchFilters, account_id: int | None, n: int,
-                       exact_limit: int) -> list[tuple[int, str]]:
-    """Messages by their nearest chunk, best first, each with that chunk's text.
+                       exact_limit: int) -> list[tuple[int, int | None, str]]:
+    """Messages by their nearest chunk, best first, each with its thread and that chunk's text.
 
     `vector_of()` gives the query's vector (a pgvector literal), asked for only once it is needed."""
     matching = _matching_messages(s, where, params, exact_limit) if filters.active else None
@@ -256,8 +258,9 @@ def _vector_candidates(s: Session, vector_of: Callable[[], str], model: str, whe
             text(
                 f"WITH c AS MATERIALIZED (SELECT c.id, c.embedding <=> CAST(:v AS vector) AS d FROM {source} "
                 f"WHERE {' AND '.join(conditions)}) "
-                "SELECT ch.message_id, ch.text FROM (SELECT id, d FROM c ORDER BY d LIMIT :n) best "
-                "JOIN embedding_chunks ch ON ch.id = best.id ORDER BY best.d"
+                "SELECT ch.message_id, mt.thread_id, ch.text FROM (SELECT id, d FROM c ORDER BY d LIMIT :n) best "
+                "JOIN embedding_chunks ch ON ch.id = best.id JOIN messages mt ON mt.id = ch.message_id "
+                "ORDER BY best.d"
             ),
             args,
         ).all()
@@ -269,7 +272,8 @@ def _vector_candidates(s: Session, vector_of: Callable[[], str], model: str, whe
             f"WITH nn AS MATERIALIZED (SELECT c.message_id, c.text, c.embedding <=> CAST(:v AS vector) AS d "
             f"FROM {source} WHERE {' AND '.join(conditions)} "
             "ORDER BY c.embedding <=> CAST(:v AS vector) LIMIT :n) "
-            "SELECT message_id, text FROM nn ORDER BY d"
+            "SELECT nn.message_id, mt.thread_id, nn.text FROM nn JOIN messages mt ON mt.id = nn.message_id "
+            "ORDER BY nn.d"
         ),
         args,
     ).all()
@@ -321,31 +325,32 @@ def _iterative_hnsw(s: Session) -> None:
     ))
 
 
-def _per_message(rows: Any) -> list[tuple[int, str]]:
-    seen: dict[int, str] = {}
-    for mid, chunk in rows:
-        seen.setdefault(mid, chunk)  # rows are nearest first: the first chunk is the best one
-    return list(seen.items())
+def _per_message(rows: Any) -> list[tuple[int, int | None, str]]:
+    seen: dict[int, tuple[int, int | None, str]] = {}
+    for mid, thread_id, chunk in rows:
+        seen.setdefault(mid, (mid, thread_id, chunk))  # rows are nearest first: the first chunk is the best one
+    return list(seen.values())
 
 
-def _text_candidates(s: Session, query: str, where: list[str], params: dict[str, Any], n: int) -> list[int]:
+def _text_candidates(s: Session, query: str, where: list[str], params: dict[str, Any],
+                     n: int) -> list[tuple[int, int | None]]:
+    """Full-text matches, best first, each with its thread."""
     conditions = " AND ".join(["m.tsv @@ q", *where])
-    return list(s.execute(
+    return [(int(mid), thread_id) for mid, thread_id in s.execute(
         text(
-            "SELECT m.id FROM messages m, websearch_to_tsquery('english', :q) q "
+            "SELECT m.id, m.thread_id FROM messages m, websearch_to_tsquery('english', :q) q "
             f"WHERE {conditions} ORDER BY ts_rank_cd(m.tsv, q) DESC, m.id LIMIT :n"
         ),
         {**params, "q": query, "n": n},
-    ).scalars())
+    )]
 
 
-def _choose(s: Session, scores: dict[int, float], limit: int, per_thread: bool) -> list[int]:
-    """Message ids by fused score; with `per_thread`, the best message of each thread only."""
+def _choose(scores: dict[int, float], threads: dict[int, int | None], limit: int, per_thread: bool) -> list[int]:
+    """Message ids by fused score; with `per_thread`, the best message of each thread only (the threads
+    come with the candidates: asking for them was a round trip of its own)."""
     ranked = sorted(scores, key=lambda mid: (-scores[mid], mid))
     if not per_thread:
         return ranked[:limit]
-    rows = s.execute(text("SELECT id, thread_id FROM messages WHERE id = ANY(:ids)"), {"ids": ranked}).all()
-    threads: dict[int, int | None] = {mid: thread_id for mid, thread_id in rows}
     chosen: list[int] = []
     seen: set[Any] = set()
     for mid in ranked:

@@ -88,3 +88,12 @@ def test_padded_lengths_form_a_small_fixed_set() -> None:
     assert padded == {*range(8, 65, 8), *range(80, 129, 16), *range(160, 257, 32)}
     # Padding adds under 8 tokens to a short batch, under a quarter of its length to a longer one.
     assert all(-(-n // pad_step(n)) * pad_step(n) - n < max(8, n / 4) for n in range(1, MAX_TOKENS + 1))
+
+
+def test_a_single_text_gets_the_vector_encode_gives(embedder: LocalEmbedder) -> None:
+    """One text (a search query) skips encode(): it must still be encode's vector, truncation included."""
+    model = embedder._load()
+    for text in ["where is the invoice for March?", "word " * 400]:
+        expected = model.encode([text], normalize_embeddings=True, convert_to_numpy=True).tolist()[0]
+        got = embedder.embed([text])[0]
+        assert max(abs(x - y) for x, y in zip(expected, got, strict=True)) < 1e-5

@@ -80,10 +80,8 @@ class LocalEmbedder:
         model = self._load()
         if len(texts) == 1:
             # A search query: no batch to pad alike, so no counting pass over it first (a few ms of
-            # a search's ~15 ms embedding); its one small tensor shape costs the heap nothing.
-            vector = model.encode(list(texts), batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
-                                  show_progress_bar=False)[0]
-            return [vector.tolist()]
+            # a search's ~20 ms embedding); its one small tensor shape costs the heap nothing.
+            return [self._embed_one(model, texts[0])]
         lengths = self._token_counts(model, texts)
         # Longest first, so each batch pads to similar lengths; the order is put back below.
         # sentence-transformers sorts inside encode() too (by characters); ours, by tokens, also decides
@@ -110,6 +108,17 @@ class LocalEmbedder:
             for index, vector in zip(indices, vectors, strict=True):
                 result[index] = vector.tolist()
         return result
+
+    @staticmethod
+    def _embed_one(model: SentenceTransformer, text: str) -> list[float]:
+        """One text through the model's own modules (the same preprocessing and pooling encode() uses),
+        without encode()'s per-call bookkeeping (input checks, sorting, batching, conversions): ~4 of a
+        query's ~20 ms on this machine (docs/PERFORMANCE.md, search latency)."""
+        import torch
+
+        with torch.inference_mode():
+            vector = model(model.preprocess([text]))["sentence_embedding"]
+            return torch.nn.functional.normalize(vector, p=2, dim=1)[0].tolist()  # type: ignore[no-any-return]
 
     def _token_counts(self, model: SentenceTransformer, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the model will see it ([CLS] and [SEP] included, truncated to its maximum)."""
