@@ -28,7 +28,7 @@ from sqlalchemy import DateTime, Engine, and_, func, literal, literal_column, or
 from pipeline.embeddings import Embedder
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.insights.views import MESSAGE_TEXT_CHARS, insight_dict
-from pipeline.reports import contact_row
+from pipeline.reports import CONTACT_COLUMNS, contact_row
 from pipeline.search import SearchFilters, search
 from pipeline.storage.db import transaction
 from pipeline.storage.models import STAGES, Contact, Insight, Message, SyncRun, Thread, Window
@@ -108,7 +108,7 @@ def contacts_page(engine: Engine, account_id: int, limit: int, cursor: str | Non
     """Contacts by rank (the stored, time-invariant rank key), highest first; ties by id."""
     _check_limit(limit)
     after = decode_cursor(cursor, "contacts", 2)
-    q = select(Contact).where(Contact.account_id == account_id, Contact.rank_key.is_not(None))
+    q = select(*CONTACT_COLUMNS).where(Contact.account_id == account_id, Contact.rank_key.is_not(None))
     if after is not None:
         if not isinstance(after[0], int | float) or isinstance(after[0], bool):
             raise BadInputError("cursor: not a cursor of this list")
@@ -118,10 +118,10 @@ def contacts_page(engine: Engine, account_id: int, limit: int, cursor: str | Non
         q = q.where(Contact.rank_key <= rank,
                     or_(Contact.rank_key < rank, and_(Contact.rank_key == rank, Contact.id > cid)))
     with transaction(engine) as s:
-        rows = list(s.execute(q.order_by(Contact.rank_key.desc(), Contact.id).limit(limit + 1)).scalars())
+        rows = list(s.execute(q.order_by(Contact.rank_key.desc(), Contact.id).limit(limit + 1)))
     now = datetime.now(UTC)
 
-    def render(c: Contact) -> dict[str, Any]:
+    def render(c: Any) -> dict[str, Any]:
         return {"id": c.id, **contact_row(c, now, half_life_days).as_dict()}
 
     return _page(rows, limit, "contacts", lambda c: [c.rank_key, c.id], render)
