@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # tasks so its memory never depends on how much mail came before it (docs/PERFORMANCE.md).
     # Cheap: torch is imported once in the worker's parent and shared. 0 keeps children forever.
     worker_max_tasks_per_child: int = Field(default=25, ge=0, description="Tasks before a worker child is replaced.")
+    worker_prefetch_multiplier: int | None = Field(
+        default=None, ge=1, le=16, description="Messages a worker holds per child (Celery's prefetch multiplier); "
+        "unset: 2 on the embedded SQL broker, 1 on any other (tasks.config)."
+    )
     worker_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Log level of the CLI's own worker pool (logs/worker.log)."
     )

@@ -45,6 +45,18 @@ def broker_url_for(settings: Settings, database_url: str) -> str:
     return "sqla+" + database_url
 
 
+def prefetch_multiplier(settings: Settings, broker: str) -> int:
+    """Messages a worker reserves per child. One (DESIGN.md §4), except on the embedded SQL broker:
+    its consumer polls, and a child that finished waited up to a poll interval (0.1 s) for its next
+    task, ~15% of a 10k import's wall clock. A second reserved message is handed over at once: 31.5 s
+    against 37.8 s for that import, alternating A/B (docs/PERFORMANCE.md, backfill). The embedded pool
+    is one worker node, so no other node is starved of what it holds; a main process killed loses
+    twice as many reserved messages, which the driver's watchdog re-sends as it does the first."""
+    if settings.worker_prefetch_multiplier is not None:
+        return settings.worker_prefetch_multiplier
+    return 2 if broker.startswith("sqla+") else 1
+
+
 def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
     broker = broker_url_for(settings, database_url)
     # A message unacknowledged for longer than this is handed to another worker: it must outlast the
@@ -72,7 +84,7 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
         "task_ignore_result": True,  # state lives in Postgres; no result backend is needed
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": prefetch_multiplier(settings, broker),
         "task_soft_time_limit": settings.stage_soft_time_limit,
         "task_time_limit": settings.stage_time_limit,
         "task_queues": [Queue(q) for q in (*QUEUES, SYNC_QUEUE)],

@@ -1,0 +1,15 @@
+"""The Celery configuration built from Settings (tasks.config)."""
+
+from __future__ import annotations
+
+from pipeline.settings import Settings
+from tasks.config import celery_config
+
+
+def test_prefetch_is_one_per_child_except_on_the_polling_embedded_broker() -> None:
+    assert celery_config(Settings(broker_url="redis://r:6379/0"), "postgresql://d")["worker_prefetch_multiplier"] == 1
+    embedded = celery_config(Settings(broker_url=None), "postgresql://d")
+    assert embedded["broker_url"].startswith("sqla+") and embedded["worker_prefetch_multiplier"] == 2
+    assert embedded["task_acks_late"] is True  # a reserved message is still acknowledged only after its task
+    chosen = celery_config(Settings(broker_url=None, worker_prefetch_multiplier=1), "postgresql://d")
+    assert chosen["worker_prefetch_multiplier"] == 1
