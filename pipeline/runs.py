@@ -563,6 +563,8 @@ def runs_progress_in(s: Session, run_ids: Sequence[int], *, detail: bool = False
                SyncRun.entries, SyncRun.windows_total, SyncRun.started_at, SyncRun.finished_at, SyncRun.error)
         .where(SyncRun.id == any_(bindparam("run_ids", ids, type_=ARRAY(BigInteger))))
     ).all()
+    if not runs:
+        return {}  # no such run (the web API's 404): nothing to aggregate
     n_stages = len(STAGES)
     sums: dict[int, Sequence[Any]] = {}
     by_state: dict[int, dict[str, dict[str, int]]] = {}

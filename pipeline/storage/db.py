@@ -16,7 +16,7 @@ from pipeline.storage.embedded import start_embedded_postgres
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 _lock = threading.Lock()
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, int, bool], Engine] = {}
 
 
 def database_url(settings: Settings) -> str:
@@ -41,12 +41,16 @@ def engine_for(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engine
     are short and retried by their callers, goes without: after a database restart the first request
     on each dead connection fails (503) and the pool is refreshed.
     """
+    # Keyed by the options too: `mailpipe serve` with one worker builds the web's engine (no ping, its own
+    # pool size) in the process whose runtime already made the default one for the same URL, and a
+    # cache keyed by URL alone handed the web that one, pinging on every checkout.
+    key = (url, pool_size, pre_ping)
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get(key)
         if engine is None:
             engine = create_engine(url, pool_size=pool_size, max_overflow=5, pool_pre_ping=pre_ping)
             _set_statement_timeout(engine)
-            _engines[url] = engine
+            _engines[key] = engine
         return engine
 
 
