@@ -141,7 +141,10 @@ def threads_page(engine: Engine, account_id: int, limit: int, cursor: str | None
     """The account's threads, latest message first (undated ones last)."""
     _check_limit(limit)
     after = decode_cursor(cursor, "threads", 2)
-    q = select(Thread, Insight).outerjoin(Insight, Insight.thread_id == Thread.id).where(
+    # The shown columns, not Thread and Insight objects: an insight object brings its summary and action
+    # items for every row of the page.
+    q = select(Thread.id, Thread.subject, Thread.message_count, Thread.first_at, Thread.last_at,
+               Insight.category, Insight.needs_reply).outerjoin(Insight, Insight.thread_id == Thread.id).where(
         Thread.account_id == account_id, Thread.message_count > 0)
     if after is not None:
         at = _time(after[0])
@@ -150,13 +153,11 @@ def threads_page(engine: Engine, account_id: int, limit: int, cursor: str | None
     with transaction(engine) as s:
         rows = list(s.execute(q.order_by(_THREAD_ORDER.desc(), Thread.id.desc()).limit(limit + 1)))
 
-    def render(row: Any) -> dict[str, Any]:
-        t, i = row
+    def render(t: Any) -> dict[str, Any]:
         return {"id": t.id, "subject": t.subject, "message_count": t.message_count, "first_at": _iso(t.first_at),
-                "last_at": _iso(t.last_at), "category": i.category if i else None,
-                "needs_reply": i.needs_reply if i else None}
+                "last_at": _iso(t.last_at), "category": t.category, "needs_reply": t.needs_reply}
 
-    return _page(rows, limit, "threads", lambda r: [_iso(r[0].last_at), r[0].id], render)
+    return _page(rows, limit, "threads", lambda t: [_iso(t.last_at), t.id], render)
 
 
 def thread_page(engine: Engine, account_id: int, thread_id: int, limit: int, cursor: str | None) -> Page:
@@ -165,10 +166,12 @@ def thread_page(engine: Engine, account_id: int, thread_id: int, limit: int, cur
     _check_limit(limit)
     after = decode_cursor(cursor, f"thread:{thread_id}", 2)
     with transaction(engine) as s:
-        thread = s.get(Thread, thread_id)
-        if thread is None or thread.account_id != account_id:
+        found = s.execute(  # the thread and its insight in one statement
+            select(Thread, Insight).outerjoin(Insight, Insight.thread_id == Thread.id).where(Thread.id == thread_id)
+        ).first()
+        if found is None or found[0].account_id != account_id:
             raise NotFoundError("no such thread")
-        insight = s.get(Insight, thread_id)
+        thread, insight = found
         # The columns shown, the text cut in SQL: a whole Message would bring its raw bytes, both
         # texts and its tsvector from TOAST for every message of the page.
         q = select(Message.id, Message.rfc_message_id, Message.message_key, Message.sent_at, Message.from_email,

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine, text
 
-from pipeline.pages import contacts_page, threads_page
+from pipeline.errors import NotFoundError
+from pipeline.pages import contacts_page, thread_page, threads_page
 from pipeline.runs import ensure_account
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -73,3 +75,26 @@ def test_a_contact_rows_dict_has_every_field() -> None:
     row = ContactRow(email="a@b.c", name="A", company=None, sent=1, received=2, threads=3,
                      first_seen="2024-01-01T00:00:00+00:00", last_seen=None, rank=0.5)
     assert row.as_dict() == asdict(row)
+
+
+def test_pages_show_a_threads_insight_and_none_without_one(engine: Engine) -> None:
+    """The threads list reads columns (not Thread/Insight objects) and a thread page reads the thread
+    and its insight in one statement: both must still show the insight's fields, and None without one."""
+    account = ensure_account(engine, "insight@example.com", [])
+    with engine.begin() as conn:
+        with_insight, without = (int(conn.execute(text(
+            "INSERT INTO threads (account_id, thread_key, subject, message_count, last_at) "
+            "VALUES (:a, :k, :k, 1, :l) RETURNING id"), {"a": account, "k": k, "l": T0 + timedelta(days=d)}
+        ).scalar_one()) for k, d in (("with", 2), ("without", 1)))
+        conn.execute(text(
+            "INSERT INTO insights (thread_id, account_id, category, needs_reply, summary, source) "
+            "VALUES (:t, :a, 'finance', 'to_reply', 'Pay the invoice.', 'rules')"), {"t": with_insight, "a": account})
+    items = threads_page(engine, account, 10, None).items
+    assert [(i["id"], i["subject"], i["category"], i["needs_reply"]) for i in items] == [
+        (with_insight, "with", "finance", "to_reply"), (without, "without", None, None)]
+    shown = thread_page(engine, account, with_insight, 10, None).extra
+    assert shown["subject"] == "with" and shown["insight"]["summary"] == "Pay the invoice."
+    assert thread_page(engine, account, without, 10, None).extra["insight"] is None
+    other = ensure_account(engine, "other@example.com", [])
+    with pytest.raises(NotFoundError):
+        thread_page(engine, other, with_insight, 10, None)
