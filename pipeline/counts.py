@@ -46,6 +46,16 @@ def stored_counts(db: Session | Connection) -> Counts:
     return {(int(a), str(k)): int(n) for a, k, n in rows}
 
 
+def stored_counts_by_account(db: Session | Connection) -> dict[int, dict[str, int]]:
+    """stored_counts as one row per account (its kinds as a JSON object): `status` read ~600 rows at 100
+    accounts, and turning each into Python cost more than the sums themselves."""
+    rows = db.execute(text(
+        "SELECT account_id, json_object_agg(kind, n) FROM (SELECT account_id, kind, sum(delta) AS n "
+        "FROM account_count_deltas GROUP BY account_id, kind) k GROUP BY account_id"
+    ))
+    return {int(a): {str(k): int(n) for k, n in counts.items()} for a, counts in rows}
+
+
 def actual_counts(db: Session | Connection) -> Counts:
     """`count(*)` of every kind per account: what the stored counts must equal (expensive at scale)."""
     rows = db.execute(text(" UNION ALL ".join(
@@ -148,4 +158,4 @@ def verify(engine: Engine) -> list[Drift]:
 
 
 __all__ = ["COUNTED", "KINDS", "REBUILD_SQL", "Compaction", "Counts", "Drift", "actual_counts", "compact",
-           "stored_counts", "verify"]
+           "stored_counts", "stored_counts_by_account", "verify"]

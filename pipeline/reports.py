@@ -10,10 +10,10 @@ from sqlalchemy import Engine, select, true
 
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
-from pipeline.counts import KINDS, stored_counts
+from pipeline.counts import KINDS, stored_counts_by_account
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
-from pipeline.runs import RunProgress, runs_progress, runs_progress_in
+from pipeline.runs import RUN_COLUMNS, RunProgress, progress_of, runs_progress_in
 from pipeline.storage.db import transaction
 from pipeline.storage.models import (
     Account,
@@ -43,25 +43,26 @@ def resolve_account(engine: Engine, email: str | None) -> tuple[int, str]:
 
 
 def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
-    """Per account: its counts and its latest runs. A fixed number of statements whatever the number of
-    accounts and runs (one per account and count, and four per run, before: 1,900 round trips for 100
-    accounts; docs/PERFORMANCE.md, db-scale). The counts are the sums of the account's count deltas
-    (`pipeline.counts`): `count(*)` walked 2.7M index entries at 1M messages."""
-    latest = (select(SyncRun.id, SyncRun.started_at).where(SyncRun.account_id == Account.id)
+    """Per account: its counts and its latest runs. Four statements whatever the number of accounts and
+    runs (one per account and count, and four per run, before: 1,900 round trips for 100 accounts;
+    docs/PERFORMANCE.md, db-scale): the accounts with their counts (the sums of their count deltas,
+    `pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages), their latest runs, and
+    those runs' windows and failures."""
+    latest = (select(*RUN_COLUMNS).where(SyncRun.account_id == Account.id)
               .order_by(SyncRun.started_at.desc()).limit(recent_runs).lateral())
     with transaction(engine) as s:
         accounts = s.execute(select(Account.id, Account.email, Account.kind, Account.status, Account.status_reason,
                                     Account.history_id, Account.last_synced_at).order_by(Account.id)).all()
-        counts = stored_counts(s)
-        run_ids: dict[int, list[int]] = {}
-        for account_id, run_id in s.execute(
-            select(Account.id, latest.c.id).join(latest, true())
-            .order_by(Account.id, latest.c.started_at.desc())
-        ):
-            run_ids.setdefault(int(account_id), []).append(int(run_id))
-    progress = runs_progress(engine, [rid for ids in run_ids.values() for rid in ids])
+        counts = stored_counts_by_account(s)
+        runs = s.execute(select(*latest.c).select_from(Account).join(latest, true())
+                         .order_by(latest.c.account_id, latest.c.started_at.desc())).all()
+        progress = progress_of(s, runs)
+    run_ids: dict[int, list[int]] = {}
+    for run in runs:
+        run_ids.setdefault(int(run.account_id), []).append(int(run.id))
     out: list[dict[str, Any]] = []
     for a in accounts:
+        own = counts.get(a.id, {})
         out.append({
             "email": a.email,
             "kind": a.kind,
@@ -70,7 +71,7 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
             "action": reauth_advice(a.email, a.status_reason) if a.status == "needs_reauth" else None,
             "history_id": a.history_id,
             "last_synced_at": _iso(a.last_synced_at),
-            **{kind: counts.get((a.id, kind), 0) for kind in KINDS},
+            **{kind: own.get(kind, 0) for kind in KINDS},
             "runs": [_run_dict(progress[rid]) for rid in run_ids.get(a.id, []) if rid in progress],
         })
     return out
