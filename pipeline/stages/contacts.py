@@ -10,9 +10,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import text
+from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -95,17 +95,30 @@ def _participants(m: Any, own: frozenset[str]) -> list[Participant]:
     return extract_participants(stub, own)
 
 
+# Statements built once and executed with a parameter set per row (SQLAlchemy's "insertmanyvalues"
+# batches them into multi-row INSERTs): built per window with .values([...]), each was compiled anew
+# for its row count, 16-40 ms of CPU for a 200-message window's 300 contacts and 600 participants.
+_CONTACTS = cast(Table, Contact.__table__)
+_CONTACT_INSERT = pg_insert(_CONTACTS)
+_UPSERT_CONTACTS = _CONTACT_INSERT.on_conflict_do_update(
+    index_elements=[_CONTACTS.c.account_id, _CONTACTS.c.email], set_={"email": _CONTACT_INSERT.excluded.email}
+).returning(_CONTACTS.c.id, _CONTACTS.c.email)
+_INSERT_PARTICIPANTS = (
+    pg_insert(cast(Table, MessageParticipant.__table__)).on_conflict_do_nothing()
+    .returning(MessageParticipant.__table__.c.message_id, MessageParticipant.__table__.c.contact_id)
+)
+_INSERT_CONTACT_THREADS = (
+    pg_insert(cast(Table, ContactThread.__table__)).on_conflict_do_nothing()
+    .returning(ContactThread.__table__.c.contact_id)
+)
+
+
 def _upsert_contacts(session: Session, account_id: int, emails: list[str]) -> dict[str, int]:
     if not emails:
         return {}
     # Sorted inserts take row locks in one order in every transaction: no deadlocks between windows.
     rows = session.execute(
-        pg_insert(Contact)
-        .values([{"account_id": account_id, "email": e, "company": company_for(e)} for e in emails])
-        .on_conflict_do_update(
-            index_elements=[Contact.account_id, Contact.email], set_={"email": pg_insert(Contact).excluded.email}
-        )
-        .returning(Contact.id, Contact.email)
+        _UPSERT_CONTACTS, [{"account_id": account_id, "email": e, "company": company_for(e)} for e in emails]
     ).all()
     return {email: int(cid) for cid, email in rows}
 
@@ -121,12 +134,7 @@ def _insert_participants(
     if not values:
         return []
     by_key = {(mid, ids[p.email]): p for mid, ps in per_message.items() for p in ps}
-    rows = session.execute(
-        pg_insert(MessageParticipant)
-        .values(values)
-        .on_conflict_do_nothing()
-        .returning(MessageParticipant.message_id, MessageParticipant.contact_id)
-    ).all()
+    rows = session.execute(_INSERT_PARTICIPANTS, values).all()
     return [(int(m), int(c), by_key[(int(m), int(c))]) for m, c in rows]
 
 
@@ -134,9 +142,7 @@ def _insert_contact_threads(session: Session, deltas: dict[int, _Delta]) -> dict
     values = [{"contact_id": cid, "thread_id": tid} for cid, d in deltas.items() for tid in d.threads]
     if not values:
         return {}
-    rows = session.execute(
-        pg_insert(ContactThread).values(values).on_conflict_do_nothing().returning(ContactThread.contact_id)
-    ).scalars()
+    rows = session.execute(_INSERT_CONTACT_THREADS, values).scalars()
     counts: dict[int, int] = defaultdict(int)
     for cid in rows:
         counts[int(cid)] += 1

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -249,17 +249,24 @@ def _upsert(session: Session, account_id: int, thread_id: int, result: InsightRe
     )
 
 
+_INSIGHTS = cast(Table, Insight.__table__)
+_RULES_INSERT = pg_insert(_INSIGHTS).values(updated_at=func.now())
+_UPSERT_RULES = _RULES_INSERT.on_conflict_do_update(
+    index_elements=[_INSIGHTS.c.thread_id],
+    set_={c: _RULES_INSERT.excluded[c] for c in ("category", "needs_reply", "summary", "action_items", "source",
+                                                  "summarized_messages", "summarized_through")}
+    | {"updated_at": func.now()},
+)
+
+
 def _upsert_rules(session: Session, account_id: int, results: list[tuple[int, InsightResult]]) -> None:
-    """`_upsert` of rules insights for several threads, in one statement."""
+    """`_upsert` of rules insights for several threads: one statement built once, executed with a parameter
+    set per thread (built per window with .values([...]), it was compiled anew for each row count)."""
     if not results:
         return
-    stmt = pg_insert(Insight).values([
+    session.execute(_UPSERT_RULES, [
         {"thread_id": thread_id, "account_id": account_id, "category": r.category, "needs_reply": r.needs_reply,
-         "summary": r.summary, "action_items": r.action_items, "source": r.source, "updated_at": func.now(),
-         "summarized_messages": 0, "summarized_through": None}
+         "summary": r.summary, "action_items": r.action_items, "source": r.source, "summarized_messages": 0,
+         "summarized_through": None}
         for thread_id, r in results
     ])
-    columns = ("category", "needs_reply", "summary", "action_items", "source", "updated_at", "summarized_messages",
-               "summarized_through")
-    session.execute(stmt.on_conflict_do_update(index_elements=[Insight.thread_id],
-                                               set_={c: stmt.excluded[c] for c in columns}))

@@ -200,6 +200,15 @@ def _held_threads(session: Session, account_id: int, refs: list[str]) -> dict[st
     return held
 
 
+# Built once, executed with a parameter set per thread (batched by SQLAlchemy into multi-row INSERTs):
+# built per window with .values([...]) it was compiled anew for each window's number of new threads.
+_THREADS = cast(Table, Thread.__table__)
+_INSERT_THREADS = (
+    pg_insert(_THREADS).on_conflict_do_nothing(index_elements=[_THREADS.c.account_id, _THREADS.c.thread_key])
+    .returning(_THREADS.c.thread_key, _THREADS.c.id)
+)
+
+
 def _thread_ids(session: Session, account_id: int, subjects: dict[str, str]) -> dict[str, int]:
     """Ids of the threads with these keys, created (with the given subject) where missing."""
     if not subjects:
@@ -209,10 +218,7 @@ def _thread_ids(session: Session, account_id: int, subjects: dict[str, str]) -> 
     missing = [k for k in keys if k not in ids]
     if missing:
         rows = session.execute(
-            pg_insert(Thread)
-            .values([{"account_id": account_id, "thread_key": k, "subject": subjects[k]} for k in missing])
-            .on_conflict_do_nothing(index_elements=[Thread.account_id, Thread.thread_key])
-            .returning(Thread.thread_key, Thread.id)
+            _INSERT_THREADS, [{"account_id": account_id, "thread_key": k, "subject": subjects[k]} for k in missing]
         )
         ids.update({str(k): int(i) for k, i in rows})
         if len(ids) < len(keys):  # inserted meanwhile by a writer that does not take the lock
