@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from pipeline.accounts import quota_key
 from pipeline.api_auth import PostgresReplayGuard, RedisReplayGuard, ReplayGuard
 from pipeline.embeddings import Embedder, query_embedder_for
+from pipeline.embeddings.recent import RecentQueries
 from pipeline.resilience.quota import QuotaBudget, budget_for
 from pipeline.resilience.shared_redis import shared_redis_url
 from pipeline.settings import Settings
@@ -62,7 +63,9 @@ class Resources:
         """The search embedder, made on first use (the local model takes seconds and memory to load)."""
         with self._lock:
             if not self._embedder_loaded:
-                self._embedder = query_embedder_for(self.settings, self.engine)
+                embedder = query_embedder_for(self.settings, self.engine)
+                # Each page of a search runs it again: its query's vector is kept for the next page.
+                self._embedder = RecentQueries(embedder) if embedder is not None else None
                 self._embedder_loaded = True
             return self._embedder  # type: ignore[no-any-return]
 
