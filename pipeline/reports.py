@@ -43,11 +43,11 @@ def resolve_account(engine: Engine, email: str | None) -> tuple[int, str]:
 
 
 def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
-    """Per account: its counts and its latest runs. Four statements whatever the number of accounts and
+    """Per account: its counts and its latest runs. Five statements whatever the number of accounts and
     runs (one per account and count, and four per run, before: 1,900 round trips for 100 accounts;
     docs/PERFORMANCE.md, db-scale): the accounts with their counts (the sums of their count deltas,
-    `pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages), their latest runs, and
-    those runs' windows and failures."""
+    `pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages) in two, their latest runs,
+    and those runs' windows and failures."""
     latest = (select(*RUN_COLUMNS).where(SyncRun.account_id == Account.id)
               .order_by(SyncRun.started_at.desc()).limit(recent_runs).lateral())
     with transaction(engine) as s:
@@ -140,8 +140,9 @@ class ContactRow:
                 "last_seen": self.last_seen, "rank": self.rank}
 
 
-# The columns a contact's row shows, read as plain rows: whole Contact objects (their names array, the
-# ORM's identity map and state per object) were ~2 ms of a 50-contact API page at 1M messages.
+# The columns a contact's row shows, read as plain rows: a whole Contact object also brings its names
+# array and the ORM's per-object state, none of which a row shows. (Not timed on its own: see
+# docs/PERFORMANCE.md, the web API's third round, for the page before and after.)
 CONTACT_COLUMNS = (Contact.id, Contact.email, Contact.name, Contact.company, Contact.sent_count,
                    Contact.received_count, Contact.thread_count, Contact.first_seen, Contact.last_seen,
                    Contact.rank_log, Contact.rank_key)

@@ -512,6 +512,7 @@ _STAGE_COLUMNS = ", ".join(STAGES)
 # GROUPING(ingest, ..., insight) has a bit set for each stage column a row is not grouped by: all of
 # them for a run's own row, all but one for a row counting one stage's windows in one state.
 _RUN_ROW = (1 << len(STAGES)) - 1
+_FAILURES_RUN_ROW = 3  # GROUPING(stage, error_class) of a run's own row of failures
 _ENRICHMENT_SQL = ", ".join(f"'{st}'" for st in ENRICHMENT_STAGES)
 _RESUMABLE_SQL = ", ".join(f"'{c}'" for c in RESUMABLE_CLASSES)
 
@@ -534,7 +535,7 @@ def _failures_sql(detail: bool) -> str:
     """Per run: failed and gone items (distinct across stages), enrichment owed to the sweep; with
     detail, also failure rows by stage and class, from the same scan."""
     groups = "GROUPING SETS ((run_id), (run_id, stage, error_class))" if detail else "run_id"
-    grouping = "GROUPING(stage, error_class)" if detail else "3"
+    grouping = "GROUPING(stage, error_class)" if detail else str(_FAILURES_RUN_ROW)
     keys = "stage, error_class" if detail else "NULL, NULL"
     return (
         f"SELECT run_id, {grouping}, {keys}, count(*), "
@@ -562,8 +563,8 @@ def runs_progress_in(s: Session, run_ids: Sequence[int], *, detail: bool = False
     return progress_of(s, runs, detail=detail)
 
 
-# A run's own columns that its progress shows, read as plain rows: `status` reads ~170 runs, and building
-# SyncRun objects was most of its Python time.
+# A run's own columns that its progress shows, read as plain rows rather than SyncRun objects (`status`
+# reads ~170 runs; a row is cheaper to build than an ORM object, and the progress needs no more).
 RUN_COLUMNS = (SyncRun.id, SyncRun.account_id, SyncRun.status, SyncRun.mode, SyncRun.source, SyncRun.reading_done,
                SyncRun.entries, SyncRun.windows_total, SyncRun.started_at, SyncRun.finished_at, SyncRun.error)
 
@@ -590,17 +591,15 @@ def progress_of(s: Session, runs: Sequence[Any], *, detail: bool = False) -> dic
     for run_id, grouping, stage, error_class, n, failed, gone, owed in s.execute(
         text(_failures_sql(detail)), {"ids": ids}
     ):
-        if run_id is None:
-            continue
-        if grouping == 3:
+        if grouping == _FAILURES_RUN_ROW:
             items[int(run_id)] = (int(failed), int(gone), int(owed))
         else:
             by_stage.setdefault(int(run_id), {}).setdefault(stage, {})[error_class] = int(n)
-    empty = (0,) * (2 + 2 * n_stages + 4)  # count(*), finished, the stage pairs, four sums
+    tail = 2 + 2 * n_stages  # after count(*), finished and the stage pairs: the four sums
+    empty = (0,) * (tail + 4)
     out: dict[int, RunProgress] = {}
     for run in runs:
         got = sums.get(run.id, empty)
-        tail = 2 + 2 * n_stages
         failed, gone, owed = items.get(run.id, (0, 0, 0))
         out[run.id] = RunProgress(
             run_id=run.id,
@@ -624,8 +623,8 @@ def progress_of(s: Session, runs: Sequence[Any], *, detail: bool = False) -> dic
             gone_messages=gone,
             chunks_embedded=int(got[tail + 2]),
             quota_units=int(got[tail + 3]),
-            windows_by_state=by_state.get(run.id, {}) if detail else {},
-            failures_by_stage=by_stage.get(run.id, {}) if detail else {},
+            windows_by_state=by_state.get(run.id, {}),  # both empty without detail
+            failures_by_stage=by_stage.get(run.id, {}),
         )
     return out
 
@@ -656,7 +655,6 @@ __all__ = [
     "progress_of",
     "runs_progress",
     "runs_progress_in",
-    "progress_of",
     "skip_stage",
     "stalled_windows",
     "touch_windows",

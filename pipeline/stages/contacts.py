@@ -97,7 +97,8 @@ def _participants(m: Any, own: frozenset[str]) -> list[Participant]:
 
 # Statements built once and executed with a parameter set per row (SQLAlchemy's "insertmanyvalues"
 # batches them into multi-row INSERTs): built per window with .values([...]), each was compiled anew
-# for its row count, 16-40 ms of CPU for a 200-message window's 300 contacts and 600 participants.
+# for its row count (compile() of a 600-row participants insert took 40 ms, of a 300-row contacts
+# upsert 16 ms; ad-hoc timing).
 _CONTACTS = cast(Table, Contact.__table__)
 _CONTACT_INSERT = pg_insert(_CONTACTS)
 _UPSERT_CONTACTS = _CONTACT_INSERT.on_conflict_do_update(
