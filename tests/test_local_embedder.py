@@ -5,6 +5,7 @@ import math
 import pytest
 
 from pipeline.embeddings import Embedder
+from pipeline.embeddings.half_weights import HalfWeightLinear, half_weights_supported, pack_half_weights
 from pipeline.embeddings.local import DIMENSIONS, MAX_TOKENS, PAD_STEPS, LocalEmbedder, pad_step
 
 
@@ -97,3 +98,42 @@ def test_a_single_text_gets_the_vector_encode_gives(embedder: LocalEmbedder) -> 
         expected = model.encode([text], normalize_embeddings=True, convert_to_numpy=True).tolist()[0]
         got = embedder.embed([text])[0]
         assert max(abs(x - y) for x, y in zip(expected, got, strict=True)) < 1e-5
+
+
+def test_half_weights_keep_the_fp32_vectors(embedder: LocalEmbedder) -> None:
+    """The query embedder's fp16 weights move a vector by less than 1e-5 of cosine, long texts too."""
+    half = LocalEmbedder(threads=1, half_weights=True)
+    if not half_weights_supported():
+        pytest.skip("torch has no fbgemm on this CPU: the model stays fp32")
+    assert any(isinstance(m, HalfWeightLinear) for m in half._load().modules())
+    texts = ["where is the invoice for March?", "word " * 400, "Subject: offsite\nFrom: Ana\n\nsee you Friday"]
+    for text in texts:
+        expected = embedder.embed([text])[0]
+        for got in (half.embed([text])[0], half.embed([text, "another text"])[0]):
+            assert sum(x * y for x, y in zip(expected, got, strict=True)) > 1 - 1e-5
+            assert abs(math.fsum(x * x for x in got) - 1.0) < 1e-5
+
+
+def test_without_fbgemm_nothing_is_packed() -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    assert pack_half_weights(model, engines=["qnnpack"]) == 0
+    assert [type(m) for m in model] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+
+
+def test_a_packed_linear_computes_what_the_linear_does() -> None:
+    import torch
+
+    if not half_weights_supported():
+        pytest.skip("torch has no fbgemm on this CPU")
+    torch.manual_seed(0)
+    linear, plain = torch.nn.Linear(384, 96), torch.nn.Linear(96, 32, bias=False)
+    model = torch.nn.Sequential(linear, torch.nn.ReLU(), plain)
+    x = torch.randn(2, 7, 384)  # batch and sequence dimensions, as the transformer passes them
+    with torch.inference_mode():
+        expected = model(x)
+        assert pack_half_weights(model) == 2
+        got = model(x)
+    assert got.shape == expected.shape == (2, 7, 32)
+    assert float((got - expected).norm() / expected.norm()) < 1e-3

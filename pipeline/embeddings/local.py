@@ -48,6 +48,9 @@ class LocalEmbedder:
 
     `threads` caps torch's intra-op threads for the whole process (torch has no per-model setting):
     several worker processes share few cores, and oversubscribed threads run slower than fewer.
+    `half_weights`: the linear layers keep fp16 weights (pipeline.embeddings.half_weights); meant for
+    the embedder of search queries, where one short text is ~40% faster and its vector within 1e-5
+    cosine of fp32's.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class LocalEmbedder:
         threads: int | None = None,
         name: str = MODEL_NAME,
         pad_steps: Sequence[tuple[int, int]] = PAD_STEPS,
+        half_weights: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -70,6 +74,7 @@ class LocalEmbedder:
         self.batch_size = batch_size
         self.threads = threads
         self.pad_steps = tuple(pad_steps)
+        self.half_weights = half_weights
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
 
@@ -150,4 +155,8 @@ class LocalEmbedder:
             torch.set_num_threads(self.threads)
         model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
         model.eval()
+        if self.half_weights:
+            from pipeline.embeddings.half_weights import pack_half_weights
+
+            pack_half_weights(model)  # a no-op without fbgemm (not x86-64 with AVX2): fp32 stays
         return model
