@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline.errors import AuthError, ConfigError
 from pipeline.settings import Settings
-from pipeline.storage.db import transaction
+from pipeline.storage.db import reading, transaction
 from pipeline.storage.models import ApiToken, SeenSignature
 
 TOKEN_PREFIX = "mpt_"
@@ -92,12 +92,12 @@ def revoke_token(engine: Engine, account_id: int, token_id: int) -> bool:
     return done is not None
 
 
-def account_for_token(engine: Engine, token: str) -> int:
+def account_for_token(bind: Engine | Connection, token: str) -> int:
     """The account a bearer token belongs to; AuthError when it is not a live token. One statement, no
-    transaction around it (it runs before every request)."""
+    transaction around it (it runs before every request); on the given connection, if one is given."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         raise AuthError("not a mailpipe API token")
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with reading(bind) as conn:
         account_id = conn.execute(
             select(ApiToken.account_id).where(ApiToken.token_hash == token_digest(token),
                                               ApiToken.revoked_at.is_(None))

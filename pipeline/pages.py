@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, and_, func, literal, literal_column, or_, select, tuple_
+from sqlalchemy import Connection, DateTime, Engine, and_, func, literal, literal_column, or_, select, tuple_
 
 from pipeline.embeddings import Embedder
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.insights.views import MESSAGE_TEXT_CHARS, insight_dict
 from pipeline.reports import CONTACT_COLUMNS, contact_row
 from pipeline.search import SearchFilters, search
-from pipeline.storage.db import transaction
+from pipeline.storage.db import reading
 from pipeline.storage.models import STAGES, Contact, Insight, Message, SyncRun, Thread, Window
 
 MAX_PAGE = 200
@@ -104,7 +104,8 @@ def _page(rows: list[Any], limit: int, kind: str, key: Any, render: Any, extra: 
 # ---------------------------------------------------------------- contacts
 
 
-def contacts_page(engine: Engine, account_id: int, limit: int, cursor: str | None, half_life_days: float) -> Page:
+def contacts_page(bind: Engine | Connection, account_id: int, limit: int, cursor: str | None,
+                  half_life_days: float) -> Page:
     """Contacts by rank (the stored, time-invariant rank key), highest first; ties by id."""
     _check_limit(limit)
     after = decode_cursor(cursor, "contacts", 2)
@@ -117,8 +118,8 @@ def contacts_page(engine: Engine, account_id: int, limit: int, cursor: str | Non
         # at the cursor: with the OR alone every page re-read all the rows before it.
         q = q.where(Contact.rank_key <= rank,
                     or_(Contact.rank_key < rank, and_(Contact.rank_key == rank, Contact.id > cid)))
-    with transaction(engine) as s:
-        rows = list(s.execute(q.order_by(Contact.rank_key.desc(), Contact.id).limit(limit + 1)))
+    with reading(bind) as conn:
+        rows = list(conn.execute(q.order_by(Contact.rank_key.desc(), Contact.id).limit(limit + 1)))
     now = datetime.now(UTC)
 
     def render(c: Any) -> dict[str, Any]:
@@ -137,7 +138,7 @@ _NEVER = literal_column("'-infinity'::timestamptz", DateTime(timezone=True))
 _THREAD_ORDER = func.coalesce(Thread.last_at, _NEVER)
 
 
-def threads_page(engine: Engine, account_id: int, limit: int, cursor: str | None) -> Page:
+def threads_page(bind: Engine | Connection, account_id: int, limit: int, cursor: str | None) -> Page:
     """The account's threads, latest message first (undated ones last)."""
     _check_limit(limit)
     after = decode_cursor(cursor, "threads", 2)
@@ -150,8 +151,8 @@ def threads_page(engine: Engine, account_id: int, limit: int, cursor: str | None
         at = _time(after[0])
         bound = _NEVER if at is None else literal(at, DateTime(timezone=True))
         q = q.where(tuple_(_THREAD_ORDER, Thread.id) < tuple_(bound, _int(after[1])))
-    with transaction(engine) as s:
-        rows = list(s.execute(q.order_by(_THREAD_ORDER.desc(), Thread.id.desc()).limit(limit + 1)))
+    with reading(bind) as conn:
+        rows = list(conn.execute(q.order_by(_THREAD_ORDER.desc(), Thread.id.desc()).limit(limit + 1)))
 
     def render(t: Any) -> dict[str, Any]:
         return {"id": t.id, "subject": t.subject, "message_count": t.message_count, "first_at": _iso(t.first_at),
@@ -160,18 +161,28 @@ def threads_page(engine: Engine, account_id: int, limit: int, cursor: str | None
     return _page(rows, limit, "threads", lambda t: [_iso(t.last_at), t.id], render)
 
 
-def thread_page(engine: Engine, account_id: int, thread_id: int, limit: int, cursor: str | None) -> Page:
+# A thread's fields and its insight's, one row: insight_dict reads both from it (no name is shared).
+_THREAD_WITH_INSIGHT = (Thread.id, Thread.account_id, Thread.subject, Thread.message_count, Thread.first_at,
+                        Thread.last_at, Insight.thread_id.label("insight_of"), Insight.category, Insight.needs_reply,
+                        Insight.summary, Insight.action_items, Insight.source, Insight.summarized_messages,
+                        Insight.updated_at)
+
+
+def thread_page(bind: Engine | Connection, account_id: int, thread_id: int, limit: int, cursor: str | None) -> Page:
     """One thread of the account: its fields and insight, and a page of its messages in date order
-    (undated ones first, as `mailpipe thread` shows them). Another account's thread is NotFoundError."""
+    (undated ones first, as `mailpipe thread` shows them). Another account's thread is NotFoundError.
+
+    Two statements outside a transaction: a message arriving between them shows in the page and not yet
+    in the thread's count, as it would under READ COMMITTED."""
     _check_limit(limit)
     after = decode_cursor(cursor, f"thread:{thread_id}", 2)
-    with transaction(engine) as s:
-        found = s.execute(  # the thread and its insight in one statement
-            select(Thread, Insight).outerjoin(Insight, Insight.thread_id == Thread.id).where(Thread.id == thread_id)
+    with reading(bind) as conn:
+        thread = conn.execute(  # the thread and its insight in one statement
+            select(*_THREAD_WITH_INSIGHT).outerjoin(Insight, Insight.thread_id == Thread.id)
+            .where(Thread.id == thread_id)
         ).first()
-        if found is None or found[0].account_id != account_id:
+        if thread is None or thread.account_id != account_id:
             raise NotFoundError("no such thread")
-        thread, insight = found
         # The columns shown, the text cut in SQL: a whole Message would bring its raw bytes, both
         # texts and its tsvector from TOAST for every message of the page.
         q = select(Message.id, Message.rfc_message_id, Message.message_key, Message.sent_at, Message.from_email,
@@ -185,11 +196,11 @@ def thread_page(engine: Engine, account_id: int, thread_id: int, limit: int, cur
                 q = q.where(or_(and_(Message.sent_at.is_(None), Message.id > mid), Message.sent_at.is_not(None)))
             else:
                 q = q.where(or_(Message.sent_at > at, and_(Message.sent_at == at, Message.id > mid)))
-        rows = list(s.execute(q.order_by(Message.sent_at.asc().nulls_first(), Message.id).limit(limit + 1)))
+        rows = list(conn.execute(q.order_by(Message.sent_at.asc().nulls_first(), Message.id).limit(limit + 1)))
     extra = {
         "id": thread.id, "subject": thread.subject, "message_count": thread.message_count,
         "first_at": _iso(thread.first_at), "last_at": _iso(thread.last_at),
-        "insight": insight_dict(insight, thread) if insight else None,
+        "insight": insight_dict(thread, thread) if thread.insight_of is not None else None,
     }
 
     def render(m: Any) -> dict[str, Any]:
@@ -203,20 +214,26 @@ def thread_page(engine: Engine, account_id: int, thread_id: int, limit: int, cur
 # ---------------------------------------------------------------- a run's windows
 
 
-def windows_page(engine: Engine, account_id: int, run_id: int, limit: int, cursor: str | None) -> Page:
+# The columns a windows page shows (a Window object costs more to build than its row).
+_WINDOW_COLUMNS = (Window.seq, Window.size, Window.finished, *(getattr(Window, st) for st in STAGES), Window.attempts,
+                   Window.new_messages, Window.duplicates, Window.failed, Window.chunks_embedded, Window.error,
+                   Window.updated_at)
+
+
+def windows_page(bind: Engine | Connection, account_id: int, run_id: int, limit: int, cursor: str | None) -> Page:
     """A run's windows in order, each with its stages' states. Another account's run is NotFoundError."""
     _check_limit(limit)
     after = decode_cursor(cursor, f"windows:{run_id}", 1)
-    with transaction(engine) as s:
-        owner = s.execute(select(SyncRun.account_id).where(SyncRun.id == run_id)).scalar()
+    with reading(bind) as conn:
+        owner = conn.execute(select(SyncRun.account_id).where(SyncRun.id == run_id)).scalar()
         if owner != account_id:
             raise NotFoundError("no such run")
-        q = select(Window).where(Window.run_id == run_id)
+        q = select(*_WINDOW_COLUMNS).where(Window.run_id == run_id)
         if after is not None:
             q = q.where(Window.seq > _int(after[0]))
-        rows = list(s.execute(q.order_by(Window.seq).limit(limit + 1)).scalars())
+        rows = list(conn.execute(q.order_by(Window.seq).limit(limit + 1)))
 
-    def render(w: Window) -> dict[str, Any]:
+    def render(w: Any) -> dict[str, Any]:
         return {"seq": w.seq, "size": w.size, "finished": w.finished,
                 "stages": {st: getattr(w, st) for st in STAGES}, "attempts": dict(w.attempts or {}),
                 "new_messages": w.new_messages, "duplicates": w.duplicates, "failed": w.failed,

@@ -14,7 +14,7 @@ from pipeline.counts import KINDS, stored_counts_by_account
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
 from pipeline.runs import RUN_COLUMNS, RunProgress, progress_of, runs_progress_in
-from pipeline.storage.db import transaction
+from pipeline.storage.db import snapshot, transaction
 from pipeline.storage.models import (
     Account,
     Contact,
@@ -80,7 +80,7 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
 def run_detail(engine: Engine, run_id: int, account_id: int) -> dict[str, Any]:
     """One run of the account, for the web API: progress per stage (messages, and windows by state),
     failures by class (and by stage). Another account's run is NotFoundError, like a missing one."""
-    with transaction(engine) as s:  # one transaction, one snapshot: a page whose parts agree
+    with snapshot(engine) as s:  # its three statements see one snapshot: a page whose parts agree
         progress = runs_progress_in(s, [run_id], detail=True).get(run_id)
     if progress is None or progress.account_id != account_id:
         raise NotFoundError("no such run")

@@ -42,7 +42,8 @@ def insight_rows(engine: Engine, account_id: int, limit: int, *, needs_reply: st
     return [insight_dict(i, t) for i, t in rows]
 
 
-def insight_dict(i: Insight, t: Thread) -> dict[str, Any]:
+def insight_dict(i: Insight | Any, t: Thread | Any) -> dict[str, Any]:
+    """An insight and its thread: objects, or rows with their columns' names (one row may be both)."""
     return {
         "thread_id": t.id, "subject": t.subject, "messages": t.message_count, "last_at": _iso(t.last_at),
         "category": i.category, "needs_reply": i.needs_reply, "summary": i.summary,

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
+from sqlalchemy import Connection
 
 from pipeline.api_auth import (
     account_for_token,
@@ -28,6 +30,7 @@ from pipeline.pages import SEARCH_MAX_PAGE, contacts_page, search_page, thread_p
 from pipeline.push import handle_push, parse_push
 from pipeline.reports import run_detail
 from pipeline.search import make_filters
+from pipeline.storage.db import reading
 from pipeline.triggers import parse_mode, trigger_sync
 from tasks.metrics import exposition
 from tasks.syncs import publish_sync
@@ -86,6 +89,14 @@ async def request_token(request: Request, _: Bearer) -> str:
 def _scope(request: Request, token: str) -> int:
     """The account the bearer token is scoped to; 401 if it is not a valid token."""
     return account_for_token(_res(request).engine, token)
+
+
+@contextmanager
+def _scoped(request: Request, token: str) -> Iterator[tuple[Connection, int]]:
+    """A connection outside any transaction and the token's account, checked on it: a page read after the
+    check takes no second connection from the pool (pipeline.storage.db.reading)."""
+    with reading(_res(request).engine) as conn:
+        yield conn, account_for_token(conn, token)
 
 
 Token = Annotated[str, Depends(request_token)]
@@ -184,8 +195,9 @@ def run(request: Request, token: Token, run_id: int = Path(ge=1, le=BIGINT)) -> 
 def run_windows(request: Request, token: Token, run_id: int = Path(ge=1, le=BIGINT),
                 limit: int = Query(50, ge=1, le=200), cursor: str | None = Query(None)) -> JSONResponse:
     """The run's windows in order, each with its stages' states, a page at a time."""
-    account_id = _scope(request, token)
-    return _ok(windows_page(_res(request).engine, account_id, run_id, limit, cursor).as_dict())
+    with _scoped(request, token) as (conn, account_id):
+        page = windows_page(conn, account_id, run_id, limit, cursor)
+    return _ok(page.as_dict())
 
 
 # ---------------------------------------------------------------- reads
@@ -214,25 +226,28 @@ def search(
 def contacts(request: Request, token: Token, limit: int = Query(50, ge=1, le=200),
              cursor: str | None = Query(None)) -> JSONResponse:
     """The people the account corresponds with, ranked by recent two-way traffic."""
-    account_id = _scope(request, token)
-    res = _res(request)
-    return _ok(contacts_page(res.engine, account_id, limit, cursor, res.settings.contact_half_life_days).as_dict())
+    half_life = _res(request).settings.contact_half_life_days
+    with _scoped(request, token) as (conn, account_id):
+        page = contacts_page(conn, account_id, limit, cursor, half_life)
+    return _ok(page.as_dict())
 
 
 @router.get("/v1/threads", tags=["mail"], responses=_ERRORS)
 def threads(request: Request, token: Token, limit: int = Query(50, ge=1, le=200),
             cursor: str | None = Query(None)) -> JSONResponse:
     """The account's threads, latest first, with their insight's category and needs-reply."""
-    account_id = _scope(request, token)
-    return _ok(threads_page(_res(request).engine, account_id, limit, cursor).as_dict())
+    with _scoped(request, token) as (conn, account_id):
+        page = threads_page(conn, account_id, limit, cursor)
+    return _ok(page.as_dict())
 
 
 @router.get("/v1/threads/{thread_id}", tags=["mail"], responses=_ERRORS)
 def thread(request: Request, token: Token, thread_id: int = Path(ge=1, le=BIGINT),
            limit: int = Query(50, ge=1, le=200), cursor: str | None = Query(None)) -> JSONResponse:
     """One thread: summary, action items, category, needs-reply, and its messages in date order."""
-    account_id = _scope(request, token)
-    return _ok(thread_page(_res(request).engine, account_id, thread_id, limit, cursor).as_dict())
+    with _scoped(request, token) as (conn, account_id):
+        page = thread_page(conn, account_id, thread_id, limit, cursor)
+    return _ok(page.as_dict())
 
 
 # ---------------------------------------------------------------- health
