@@ -110,7 +110,9 @@ def test_openapi_and_docs_are_served(api: httpx.Client) -> None:
     spec = api.get("/openapi.json").json()
     assert {"/v1/accounts/{account}/sync", "/v1/runs/{run_id}", "/v1/gmail/push", "/v1/search", "/v1/contacts",
             "/v1/threads/{thread_id}", "/healthz"} <= set(spec["paths"])
-    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert list(spec["components"]["securitySchemes"]) == ["HTTPBearer"]  # one scheme, however it is read
+    for path in ("/v1/runs/{run_id}", "/v1/contacts", "/v1/threads/{thread_id}"):
+        assert spec["paths"][path]["get"]["security"] == [{"HTTPBearer": []}], path
     docs = api.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -245,6 +247,9 @@ def test_missing_or_bad_credentials_are_401_on_every_route(api: httpx.Client, en
             assert response.headers["www-authenticate"] == "Bearer"
         # Bad credentials are reported before a malformed body.
         assert_error(api.post(f"/v1/accounts/{A}/sync", headers=headers, content=b"not json"), 401, "unauthorized")
+    # Missing credentials, before malformed parameters.
+    for path in ("/v1/contacts?limit=0", "/v1/threads?cursor=bad", "/v1/threads/0", "/v1/runs/0/windows"):
+        assert_error(api.get(path), 401, "unauthorized")
     assert runs_of(engine, two_tenants["a"]) == []
 
 

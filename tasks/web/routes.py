@@ -76,14 +76,18 @@ async def read_body(request: Request) -> bytes:
     return await request.body()
 
 
-async def request_token(request: Request, _: Bearer) -> str:
-    """The request's bearer token; 401 without one. Checked against the database by `_scope`, in the
-    endpoint's own worker thread: a synchronous dependency took a second trip through the thread pool
-    for each request, two thread switches that a loaded machine makes wait (docs/PERFORMANCE.md)."""
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise AuthError("missing credentials: send Authorization: Bearer <token>")
-    return token
+class BearerToken(HTTPBearer):
+    """The request's bearer token as a string; 401 (in mailpipe's error body) without one, before any
+    parameter is judged malformed. A security scheme itself, so /docs shows it with no dependency of its
+    own: each level of dependencies costs FastAPI's solving on every request (docs/PERFORMANCE.md). It
+    is async: a synchronous dependency took a trip through the thread pool of its own. The token is
+    checked against the database by `_scope` or `_scoped`, in the endpoint's worker thread."""
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise AuthError("missing credentials: send Authorization: Bearer <token>")
+        return token
 
 
 def _scope(request: Request, token: str) -> int:
@@ -99,8 +103,10 @@ def _scoped(request: Request, token: str) -> Iterator[tuple[Connection, int]]:
         yield conn, account_for_token(conn, token)
 
 
-Token = Annotated[str, Depends(request_token)]
 Body = Annotated[bytes, Depends(read_body)]
+# The same scheme as `Bearer` in the OpenAPI document (one name), for the routes that only take a token.
+Token = Annotated[str, Depends(BearerToken(auto_error=False, scheme_name="HTTPBearer",
+                                           description=bearer_scheme.model.description))]
 
 
 def _ok(content: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
