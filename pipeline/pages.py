@@ -214,7 +214,7 @@ def thread_page(bind: Engine | Connection, account_id: int, thread_id: int, limi
 # ---------------------------------------------------------------- a run's windows
 
 
-# The columns a windows page shows (a Window object costs more to build than its row).
+# The columns a windows page shows, read as a row: the page needs no Window object.
 _WINDOW_COLUMNS = (Window.seq, Window.size, Window.finished, *(getattr(Window, st) for st in STAGES), Window.attempts,
                    Window.new_messages, Window.duplicates, Window.failed, Window.chunks_embedded, Window.error,
                    Window.updated_at)

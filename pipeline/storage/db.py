@@ -97,8 +97,9 @@ def snapshot(engine: Engine) -> Iterator[Session]:
 @contextmanager
 def reading(bind: Engine | Connection) -> Iterator[Connection]:
     """A connection for reads that need no transaction: each statement is its own (AUTOCOMMIT), as under
-    READ COMMITTED, without the BEGIN and COMMIT round trips (a third of a short page's time on the
-    client). Given a Connection, that one: the web API checks a token and reads a page on one."""
+    READ COMMITTED, without a session's BEGIN and COMMIT (a one-statement page read in process: 0.47
+    against 0.9 ms, ad-hoc at 1M). Given a Connection, that one: the web API checks a token and reads
+    a page on one."""
     if isinstance(bind, Connection):
         yield bind
         return
