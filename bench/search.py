@@ -327,7 +327,8 @@ def _report_latency(path: Path, command: str, result: dict[str, Any]) -> None:
         "points, no clusters, HNSW's worst case) read ~14k index pages for one date-filtered query. "
         + ("Embeddings and query embeddings: local MiniLM (the default embedder), the query encoded on the "
            "CPU inside each timed search by the embedder search uses for queries (`query_embedder_for`: one "
-           "torch thread, the linear layers' weights in fp16; the chunks were embedded in fp32). " if loaded["embedder"] == "local" else
+           "torch thread, the linear layers' weights in fp16; the chunks were embedded in fp32). "
+           if loaded["embedder"] == "local" else
            "Embeddings: the project's OpenAI-compatible server (`pipeline/testing/openai_server.py`), "
            "queries embedded over HTTP inside each timed search. ")
         + "Each timed query is the real `pipeline.search.search` (limit 10, one hit per thread) on the "

@@ -5,7 +5,8 @@ Triggers (migration 0012) write a delta in the same transaction as every insert 
 row, one row per (account, kind, transaction), so the sums equal `count(*)` in any snapshot, whoever
 wrote the rows, and concurrent writers never share a counter row. Here:
 
-- `stored_counts`: the sums (what `status` reads: a few rows per account once compacted).
+- `stored_counts`: the sums; `stored_counts_by_account` the same sums, one row per account (what
+  `status` reads: a few delta rows per account and kind once compacted).
 - `compact`: folds committed rows into one per account and kind (rows written since the last fold are
   what `status` sums beyond that), dropping the rows of accounts deleted since.
 - `verify`: compares the sums with `count(*)` in one snapshot and writes the difference as a correcting
@@ -41,18 +42,18 @@ _XACT = "pg_current_xact_id()::text::bigint"  # this transaction's id: its own d
 Counts = dict[tuple[int, str], int]  # (account id, kind) -> count
 
 
+_SUMS_SQL = "SELECT account_id, kind, sum(delta) AS n FROM account_count_deltas GROUP BY account_id, kind"
+
+
 def stored_counts(db: Session | Connection) -> Counts:
-    rows = db.execute(text("SELECT account_id, kind, sum(delta) FROM account_count_deltas GROUP BY account_id, kind"))
+    rows = db.execute(text(_SUMS_SQL))
     return {(int(a), str(k)): int(n) for a, k, n in rows}
 
 
 def stored_counts_by_account(db: Session | Connection) -> dict[int, dict[str, int]]:
     """stored_counts as one row per account, its kinds as a JSON object: `status` reads 100 rows at 100
     accounts instead of ~600 (one per account and kind)."""
-    rows = db.execute(text(
-        "SELECT account_id, json_object_agg(kind, n) FROM (SELECT account_id, kind, sum(delta) AS n "
-        "FROM account_count_deltas GROUP BY account_id, kind) k GROUP BY account_id"
-    ))
+    rows = db.execute(text(f"SELECT account_id, json_object_agg(kind, n) FROM ({_SUMS_SQL}) k GROUP BY account_id"))
     return {int(a): {str(k): int(n) for k, n in counts.items()} for a, counts in rows}
 
 

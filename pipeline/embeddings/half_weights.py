@@ -30,8 +30,6 @@ class HalfWeightLinear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
 

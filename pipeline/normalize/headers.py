@@ -107,9 +107,8 @@ def header_text(msg: Message, name: str) -> str:
 def _addresses(msg: Message, name: str, values: list[str], defects: list[str]) -> list[Address]:
     if not values:
         return []
-    title = _title(name)
     if all(_SIMPLE_ADDRESS_LIST_RE.fullmatch(v) for v in values):
-        return simple_addresses(values, title, defects)
+        return simple_addresses(values, _title(name), defects)
     return registry_addresses(msg, name, values, defects)
 
 

@@ -104,14 +104,11 @@ _CONTACT_INSERT = pg_insert(_CONTACTS)
 _UPSERT_CONTACTS = _CONTACT_INSERT.on_conflict_do_update(
     index_elements=[_CONTACTS.c.account_id, _CONTACTS.c.email], set_={"email": _CONTACT_INSERT.excluded.email}
 ).returning(_CONTACTS.c.id, _CONTACTS.c.email)
-_INSERT_PARTICIPANTS = (
-    pg_insert(cast(Table, MessageParticipant.__table__)).on_conflict_do_nothing()
-    .returning(MessageParticipant.__table__.c.message_id, MessageParticipant.__table__.c.contact_id)
-)
-_INSERT_CONTACT_THREADS = (
-    pg_insert(cast(Table, ContactThread.__table__)).on_conflict_do_nothing()
-    .returning(ContactThread.__table__.c.contact_id)
-)
+_PARTICIPANTS = cast(Table, MessageParticipant.__table__)
+_INSERT_PARTICIPANTS = (pg_insert(_PARTICIPANTS).on_conflict_do_nothing()
+                        .returning(_PARTICIPANTS.c.message_id, _PARTICIPANTS.c.contact_id))
+_CONTACT_THREADS = cast(Table, ContactThread.__table__)
+_INSERT_CONTACT_THREADS = pg_insert(_CONTACT_THREADS).on_conflict_do_nothing().returning(_CONTACT_THREADS.c.contact_id)
 
 
 def _upsert_contacts(session: Session, account_id: int, emails: list[str]) -> dict[str, int]:
