@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterator
 
@@ -49,3 +50,35 @@ def test_hot_queries_have_indexes(empty_database: str) -> None:
              for ix in insp.get_indexes(table)}
     assert {"ix_windows_open", "ix_messages_thread_id_sent_at", "ix_contacts_account_id_rank_key",
             "ix_embedding_chunks_embedding_hnsw", "ix_messages_tsv", "uq_sync_runs_one_running"} <= names
+
+
+_CHUNK = ("INSERT INTO embedding_chunks (message_id, account_id, chunk_index, content_hash, model, text, embedding) "
+          "VALUES (:m, :a, :i, :h, 'm', :t, :v) RETURNING id")
+_SAME = "SELECT embedding = CAST(:v AS vector) AND text = :t FROM embedding_chunks WHERE id = :id"
+_OUT_OF_LINE = "SELECT pg_column_toast_chunk_id(embedding) IS NOT NULL FROM embedding_chunks WHERE id = :id"
+
+
+def test_vectors_stored_out_of_line_are_moved_into_their_rows(empty_database: str) -> None:
+    """Migration 0014: a chunk whose row passes the TOAST threshold keeps its vector in the row and moves
+    its text out instead; chunks written before are rewritten so, with the same vector."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0013")
+    engine = create_engine(empty_database)
+    long_text = secrets.token_hex(500)  # 1,000 characters that do not compress: the row is over 2 kB
+    vector = "[" + ",".join(f"{(i % 7) / 7:.3f}" for i in range(384)) + "]"
+    with engine.begin() as conn:
+        account = conn.execute(text("INSERT INTO accounts (email) VALUES ('me@example.com') RETURNING id")).scalar()
+        message = conn.execute(text(
+            "INSERT INTO messages (account_id, message_key, source_ref, raw, size, content_hash) "
+            "VALUES (:a, 'k', 'r', '\\x00', 1, 'h') RETURNING id"), {"a": account}).scalar()
+        before = conn.execute(text(_CHUNK), {"m": message, "a": account, "i": 0, "h": "a", "t": long_text,
+                                             "v": vector}).scalar()
+        assert conn.execute(text(_OUT_OF_LINE), {"id": before}).scalar()  # pgvector's EXTERNAL moved it out
+    command.upgrade(config, "head")
+    with engine.begin() as conn:
+        after = conn.execute(text(_CHUNK), {"m": message, "a": account, "i": 1, "h": "b", "t": long_text,
+                                            "v": vector}).scalar()
+        for chunk in (before, after):
+            assert conn.execute(text(_OUT_OF_LINE), {"id": chunk}).scalar() is False
+            assert conn.execute(text(_SAME), {"id": chunk, "v": vector, "t": long_text}).scalar()
+    engine.dispose()
