@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline.errors import AuthError, ConfigError
@@ -92,16 +92,19 @@ def revoke_token(engine: Engine, account_id: int, token_id: int) -> bool:
     return done is not None
 
 
+# Built once: it runs before every request, and building it anew was a fifth of the check's time in
+# the web server (py-spy, api-scale at 1M).
+_LIVE_TOKEN_ACCOUNT = select(ApiToken.account_id).where(ApiToken.token_hash == bindparam("digest"),
+                                                        ApiToken.revoked_at.is_(None))
+
+
 def account_for_token(bind: Engine | Connection, token: str) -> int:
     """The account a bearer token belongs to; AuthError when it is not a live token. One statement, no
     transaction around it (it runs before every request); on the given connection, if one is given."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         raise AuthError("not a mailpipe API token")
     with reading(bind) as conn:
-        account_id = conn.execute(
-            select(ApiToken.account_id).where(ApiToken.token_hash == token_digest(token),
-                                              ApiToken.revoked_at.is_(None))
-        ).scalar()
+        account_id = conn.execute(_LIVE_TOKEN_ACCOUNT, {"digest": token_digest(token)}).scalar()
     if account_id is None:
         raise AuthError("unknown or revoked API token")
     return int(account_id)
