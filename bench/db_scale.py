@@ -1,7 +1,7 @@
 """Database scale (issue #7, `db-scale`): every hot query of the product over 1M messages in 100 accounts.
 
     python -m bench.db_scale --messages 1000000 --accounts 100 [--data DIR] [--reps 100] \\
-        [--report docs/PERFORMANCE.md] [--json]
+        [--shared-buffers-mb N] [--report docs/PERFORMANCE.md] [--json]
 
 **Data.** The schema is made by the Alembic migrations (`pipeline.storage.db.migrate`), then filled with
 psycopg 3 `COPY ... FROM STDIN (FORMAT BINARY)`, account after account: each account's mail is a
@@ -19,6 +19,9 @@ pending, contacts and embed running) for the back-pressure, watchdog and stage-l
 Secondary indexes are dropped for the load and built after it from their own definitions (the HNSW
 index last, with more `maintenance_work_mem`), then `VACUUM ANALYZE`, as after any bulk load.
 `--data DIR` keeps the database; a rerun reuses it (and applies any newer migration to it).
+`--shared-buffers-mb`: the server's shared buffers when this run starts it (default: the product's for
+the embedded server, a quarter of the memory up to 1 GB; a server holding 1M messages is sized by its
+operator, and the report states the value used).
 
 **Queries.** Each case calls the product's own function (`pipeline.reports.status`, `run_progress`,
 the driver's and the stages' claim/dispatch queries, `owed_enrichment`, `top_contacts`,
@@ -1047,13 +1050,14 @@ def loadavg() -> str:
 
 
 def prepare(data: Path, spec: LoadSpec, log: Callable[[str], None], *, hnsw_memory: str,
-            hnsw_workers: int) -> tuple[str, LoadInfo]:
-    """Start the server in `data`, migrate, and load `spec` unless `data` holds it already."""
+            hnsw_workers: int, shared_buffers_mb: int | None = None) -> tuple[str, LoadInfo]:
+    """Start the server in `data`, migrate, and load `spec` unless `data` holds it already.
+    `shared_buffers_mb`: the product's default (pipeline.storage.embedded) unless given."""
     from pipeline.storage.db import migrate
     from pipeline.storage.embedded import start_embedded_postgres
 
     data.mkdir(parents=True, exist_ok=True)
-    url = start_embedded_postgres(data / "pgdata")
+    url = start_embedded_postgres(data / "pgdata", shared_buffers_mb=shared_buffers_mb)
     migrate(url)
     marker = data / "db_scale.json"
     if marker.exists():
@@ -1075,7 +1079,8 @@ def run(args: argparse.Namespace, data: Path, log: Callable[[str], None]) -> dic
     from pipeline.storage.db import engine_for
 
     spec = LoadSpec(args.messages, args.accounts, args.seed, args.window_size)
-    url, info = prepare(data, spec, log, hnsw_memory=args.hnsw_memory, hnsw_workers=args.hnsw_workers)
+    url, info = prepare(data, spec, log, hnsw_memory=args.hnsw_memory, hnsw_workers=args.hnsw_workers,
+                        shared_buffers_mb=args.shared_buffers_mb)
     engine = engine_for(url)
     with engine.begin() as conn:
         settings = {k: str(conn.execute(text(f"SHOW {k}")).scalar_one())
@@ -1151,6 +1156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="only the queries whose name contains one of these")
     parser.add_argument("--hnsw-memory", default=HNSW_MEMORY, help="maintenance_work_mem for the HNSW build")
     parser.add_argument("--hnsw-workers", type=int, default=1, help="parallel maintenance workers for HNSW")
+    parser.add_argument("--shared-buffers-mb", type=int, default=None,
+                        help="the embedded server's shared_buffers (default: the product's, a quarter of the "
+                             "memory up to 1 GB); applies when this run starts the server")
     parser.add_argument("--data", type=Path, default=None,
                         help="Keep the database here and reuse it on the next run (default: a temporary folder).")
     parser.add_argument("--json", action="store_true")
