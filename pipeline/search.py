@@ -243,6 +243,10 @@ def _vector_candidates(s: Session, vector_of: Callable[[], str], model: str, whe
     matching = _matching_messages(s, where, params, exact_limit) if filters.active else None
     if matching == 0:
         return []
+    # The vector goes as an untyped literal (psycopg's default for a str), so CAST(:v AS vector) types the
+    # parameter itself and it is parsed once. Bound as text it would be parsed per chunk under a generic
+    # plan (psycopg prepares a statement after 5 runs): 687 ms against 16 for an account's exact scan at
+    # 1M (ad-hoc, psql).
     args = {**params, "v": vector_of(), "model": model, "n": n}
     if matching is not None:
         source = "embedding_chunks c JOIN messages m ON m.id = c.message_id"

@@ -9,9 +9,10 @@ compressed or moved out first; a vector leaves the row only when the row cannot 
 3,072-dimension vector is 12 kB: PLAIN would refuse such rows).
 
 Rows written before keep their layout until rewritten: on PostgreSQL 17 and later the vectors stored
-out of line are found with pg_column_toast_chunk_id and rewritten in place (about one row in eight; each
-rewrite adds a new row version to every index of the table, HNSW's included: seconds per 10k such rows).
-Older servers keep them until `mailpipe reembed` or the chunk's next change.
+out of line are found with pg_column_toast_chunk_id and rewritten in place. That is about one row in
+eight, and each rewrite adds a row version to every index of the table, HNSW's included: at 1M messages
+the 116,421 such rows took 554 s on 2 cores (~48 s per 10k; a 100k mailbox holds ~12k). Older servers
+keep them until `mailpipe reembed` or the chunk's next change.
 
 Revision ID: 0014
 Revises: 0013
