@@ -58,10 +58,11 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
     `pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages) in two, their latest runs,
     and those runs' windows and failures."""
     with snapshot(engine) as s:  # one snapshot: the counts and the runs' progress agree
-        accounts = s.execute(_ACCOUNTS).all()
-        counts = stored_counts_by_account(s)
-        runs = s.execute(_LATEST_RUNS, {"recent_runs": recent_runs}).all()
-        progress = progress_of(s, runs)
+        conn = s.connection()  # plain rows: the Session's ORM execution path is for objects
+        accounts = conn.execute(_ACCOUNTS).all()
+        counts = stored_counts_by_account(conn)
+        runs = conn.execute(_LATEST_RUNS, {"recent_runs": recent_runs}).all()
+        progress = progress_of(conn, runs)
     run_ids: dict[int, list[int]] = {}
     for run in runs:
         run_ids.setdefault(int(run.account_id), []).append(int(run.id))
