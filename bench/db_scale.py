@@ -1172,8 +1172,12 @@ def main(argv: list[str] | None = None) -> int:
         out = run(args, args.data or Path(tmp), log)
     command = (f"python -m bench.db_scale --messages {args.messages} --accounts {args.accounts} "
                f"--reps {args.reps} --explain-reps {args.explain_reps}")
-    if args.hnsw_memory != HNSW_MEMORY:
-        command += f" --hnsw-memory {args.hnsw_memory}"
+    # Every option the figures depend on, when not its default: the report gives the exact command.
+    for option in ("window_size", "seed", "warmup", "budget", "hnsw_memory", "hnsw_workers", "shared_buffers_mb"):
+        if getattr(args, option) != parser.get_default(option):
+            command += f" --{option.replace('_', '-')} {getattr(args, option)}"
+    if args.data:
+        command += " --data DIR"
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     if args.report and not args.only:

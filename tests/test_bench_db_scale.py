@@ -58,6 +58,8 @@ def test_tiny_scenario_loads_every_table_and_reports_every_query(data_dir: Path,
 
     text_md = report.read_text()
     assert "<!-- bench:db-scale:start -->" in text_md and "<!-- bench:db-scale-top-statements:end -->" in text_md
+    # The exact command: the options given that differ from their defaults are in it.
+    assert "--reps 3 --explain-reps 1 --warmup 1 --budget 5.0 --data DIR`" in text_md
     assert "| search | `search.search` |" in text_md
     assert "python -m bench.db_scale --messages 2000 --accounts 3" in text_md
 
