@@ -556,6 +556,8 @@ def runs_progress_in(s: Session | Connection, run_ids: Sequence[int], *,
     ids = list(dict.fromkeys(int(r) for r in run_ids))
     if not ids:
         return {}
+    # Plain SQL on the session's connection: through the Session, the ORM's execution path was a quarter
+    # of the run page's time in process (py-spy at 1M), for statements that load no object.
     conn = s.connection() if isinstance(s, Session) else s
     # One array parameter, not IN with a parameter per run: with hundreds of runs an expanded IN made
     # each statement's text (and its parsing, on both sides) grow with them.
@@ -570,14 +572,11 @@ RUN_COLUMNS = (SyncRun.id, SyncRun.account_id, SyncRun.status, SyncRun.mode, Syn
 _RUNS_BY_ID = select(*RUN_COLUMNS).where(SyncRun.id == any_(bindparam("run_ids", type_=ARRAY(BigInteger))))
 
 
-def progress_of(s: Session | Connection, runs: Sequence[Any], *, detail: bool = False) -> dict[int, RunProgress]:
+def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) -> dict[int, RunProgress]:
     """The progress of runs already read (rows with RUN_COLUMNS' names): two statements whatever their
     number. `status` reads its runs with the accounts' latest-runs query itself, one statement fewer."""
     if not runs:
         return {}  # no such run (the web API's 404): nothing to aggregate
-    # Plain SQL on the session's connection: through the Session, the ORM's execution path was a quarter
-    # of the run page's time in process (py-spy at 1M), for statements that load no object.
-    conn = s.connection() if isinstance(s, Session) else s
     ids = [int(run.id) for run in runs]
     n_stages = len(STAGES)
     sums: dict[int, Sequence[Any]] = {}
