@@ -5,8 +5,8 @@ Triggers (migration 0012) write a delta in the same transaction as every insert 
 row, one row per (account, kind, transaction), so the sums equal `count(*)` in any snapshot, whoever
 wrote the rows, and concurrent writers never share a counter row. Here:
 
-- `stored_counts`: the sums; `stored_counts_by_account` the same sums, one row per account (what
-  `status` reads: a few delta rows per account and kind once compacted).
+- `stored_counts`: the sums; `counts_of` the same sums of one account as columns, joined to the accounts
+  `status` reads (a few delta rows per account and kind once compacted).
 - `compact`: folds committed rows into one per account and kind (rows written since the last fold are
   what `status` sums beyond that), dropping the rows of accounts deleted since.
 - `verify`: compares the sums with `count(*)` in one snapshot and writes the difference as a correcting
@@ -22,8 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import BigInteger, Connection, Engine, SQLColumnExpression, cast, func, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import LateralFromClause
+
+from pipeline.storage.models import AccountCountDelta
 
 # kind -> (table, the rows counted). The triggers of migration 0012 count the same rows.
 COUNTED: dict[str, tuple[str, str]] = {
@@ -40,6 +43,7 @@ COUNTS_LOCK = 7_240_012  # advisory lock id of compact and verify (env.py's migr
 _XACT = "pg_current_xact_id()::text::bigint"  # this transaction's id: its own delta row
 
 Counts = dict[tuple[int, str], int]  # (account id, kind) -> count
+_deltas = AccountCountDelta.__table__
 
 
 _SUMS_SQL = "SELECT account_id, kind, sum(delta) AS n FROM account_count_deltas GROUP BY account_id, kind"
@@ -50,11 +54,14 @@ def stored_counts(db: Session | Connection) -> Counts:
     return {(int(a), str(k)): int(n) for a, k, n in rows}
 
 
-def stored_counts_by_account(db: Session | Connection) -> dict[int, dict[str, int]]:
-    """stored_counts as one row per account, its kinds as a JSON object: `status` reads 100 rows at 100
-    accounts instead of ~600 (one per account and kind)."""
-    rows = db.execute(text(f"SELECT account_id, json_object_agg(kind, n) FROM ({_SUMS_SQL}) k GROUP BY account_id"))
-    return {int(a): {str(k): int(n) for k, n in counts.items()} for a, counts in rows}
+def counts_of(account_id: SQLColumnExpression[int]) -> LateralFromClause:
+    """The stored counts of an account as columns named by KINDS (0 for a kind never counted), to join
+    LATERAL to a query of accounts: `status` reads its accounts and their counts in one statement, with no
+    row per account and kind (~600 at 100 accounts) and no JSON to decode."""
+    return select(*(
+        cast(func.coalesce(func.sum(_deltas.c.delta).filter(_deltas.c.kind == kind), 0), BigInteger).label(kind)
+        for kind in KINDS
+    )).where(_deltas.c.account_id == account_id).lateral("counts")
 
 
 def actual_counts(db: Session | Connection) -> Counts:
@@ -159,4 +166,4 @@ def verify(engine: Engine) -> list[Drift]:
 
 
 __all__ = ["COUNTED", "KINDS", "REBUILD_SQL", "Compaction", "Counts", "Drift", "actual_counts", "compact",
-           "stored_counts", "stored_counts_by_account", "verify"]
+           "counts_of", "stored_counts", "verify"]

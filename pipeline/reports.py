@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlalchemy import Engine, Integer, bindparam, select, true
 
+from pipeline import progress_cache
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
-from pipeline.counts import KINDS, stored_counts_by_account
+from pipeline.counts import KINDS, counts_of
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
 from pipeline.runs import RUN_COLUMNS, RunProgress, progress_of, runs_progress_in
@@ -45,30 +46,35 @@ def resolve_account(engine: Engine, email: str | None) -> tuple[int, str]:
 # Built once: building the LATERAL anew took ~0.4 ms of every status (ad-hoc, at 1M).
 _LATEST = (select(*RUN_COLUMNS).where(SyncRun.account_id == Account.id).order_by(SyncRun.started_at.desc())
            .limit(bindparam("recent_runs", type_=Integer)).lateral())
-_LATEST_RUNS = (select(*_LATEST.c).select_from(Account).join(_LATEST, true())
-                .order_by(_LATEST.c.account_id, _LATEST.c.started_at.desc()))
-_ACCOUNTS = select(Account.id, Account.email, Account.kind, Account.status, Account.status_reason,
-                   Account.history_id, Account.last_synced_at).order_by(Account.id)
+_LATEST_RUNS = (select(*_LATEST.c, progress_cache.cached_figures(_LATEST.c.id)).select_from(Account)
+                .join(_LATEST, true()).order_by(_LATEST.c.account_id, _LATEST.c.started_at.desc()))
+_COUNTS = counts_of(Account.id)
+_ACCOUNTS = (select(Account.id, Account.email, Account.kind, Account.status, Account.status_reason,
+                    Account.history_id, Account.last_synced_at, *_COUNTS.c)
+             .select_from(Account).join(_COUNTS, true()).order_by(Account.id))
 
 
 def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
-    """Per account: its counts and its latest runs. Five statements whatever the number of accounts and
+    """Per account: its counts and its latest runs. Two statements whatever the number of accounts and
     runs (one per account and count, and four per run, before: 1,900 round trips for 100 accounts;
     docs/PERFORMANCE.md, db-scale): the accounts with their counts (the sums of their count deltas,
-    `pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages) in two, their latest runs,
-    and those runs' windows and failures."""
+    `pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages), and their latest runs
+    with the cached figures of those finished (`pipeline.progress_cache`). Runs without current figures
+    take two more (their windows and failures), and the finished ones among them are then cached."""
     with snapshot(engine) as s:  # one snapshot: the counts and the runs' progress agree
         conn = s.connection()  # plain rows: the Session's ORM execution path is for objects
         accounts = conn.execute(_ACCOUNTS).all()
-        counts = stored_counts_by_account(conn)
         runs = conn.execute(_LATEST_RUNS, {"recent_runs": recent_runs}).all()
-        progress = progress_of(conn, runs)
+        read = progress_of(conn, runs)
+        snap = progress_cache.snapshot_of(conn) if read.cacheable else None
+    if snap is not None:
+        progress_cache.store(engine, snap, read.cacheable)
+    progress = read.progress
     run_ids: dict[int, list[int]] = {}
     for run in runs:
         run_ids.setdefault(int(run.account_id), []).append(int(run.id))
     out: list[dict[str, Any]] = []
     for a in accounts:
-        own = counts.get(a.id, {})
         out.append({
             "email": a.email,
             "kind": a.kind,
@@ -77,7 +83,7 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
             "action": reauth_advice(a.email, a.status_reason) if a.status == "needs_reauth" else None,
             "history_id": a.history_id,
             "last_synced_at": _iso(a.last_synced_at),
-            **{kind: own.get(kind, 0) for kind in KINDS},
+            **{kind: int(getattr(a, kind)) for kind in KINDS},
             "runs": [_run_dict(progress[rid]) for rid in run_ids.get(a.id, []) if rid in progress],
         })
     return out

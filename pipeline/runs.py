@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
 
+from pipeline import progress_cache
 from pipeline.enrichment import ENRICHMENT_STAGES, RESUMABLE_CLASSES
 from pipeline.errors import RunConflictError
 from pipeline.records import RawMessage
@@ -562,21 +563,38 @@ def runs_progress_in(s: Session | Connection, run_ids: Sequence[int], *,
     # One array parameter, not IN with a parameter per run: with hundreds of runs an expanded IN made
     # each statement's text (and its parsing, on both sides) grow with them.
     runs = conn.execute(_RUNS_BY_ID, {"run_ids": ids}).all()
-    return progress_of(conn, runs, detail=detail)
+    return progress_of(conn, runs, detail=detail).progress
 
 
 # A run's own columns that its progress shows, read as plain rows rather than SyncRun objects (`status`
 # reads ~170 runs; a row is cheaper to build than an ORM object, and the progress needs no more).
 RUN_COLUMNS = (SyncRun.id, SyncRun.account_id, SyncRun.status, SyncRun.mode, SyncRun.source, SyncRun.reading_done,
                SyncRun.entries, SyncRun.windows_total, SyncRun.started_at, SyncRun.finished_at, SyncRun.error)
-_RUNS_BY_ID = select(*RUN_COLUMNS).where(SyncRun.id == any_(bindparam("run_ids", type_=ARRAY(BigInteger))))
+_RUNS_BY_ID = (select(*RUN_COLUMNS, progress_cache.cached_figures(SyncRun.id))
+               .where(SyncRun.id == any_(bindparam("run_ids", type_=ARRAY(BigInteger)))))
 
 
-def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) -> dict[int, RunProgress]:
-    """The progress of runs already read (rows with RUN_COLUMNS' names): two statements whatever their
-    number. `status` reads its runs with the accounts' latest-runs query itself, one statement fewer."""
+@dataclass(frozen=True, slots=True)
+class ProgressRead:
+    progress: dict[int, RunProgress]
+    # Runs aggregated by this read that were finished in its snapshot (not queued or running, every
+    # window finished): their figures, for progress_cache.store when the read was one snapshot.
+    cacheable: dict[int, dict[str, Any]]
+
+
+def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) -> ProgressRead:
+    """The progress of runs already read: rows with RUN_COLUMNS' names and, optionally, `cached`
+    (`progress_cache.cached_figures`). A run with current cached figures is not aggregated again
+    (unless `detail` is asked for, which the cache does not keep); the others take two statements
+    whatever their number. `status` reads its runs with the accounts' latest-runs query itself."""
+    out: dict[int, RunProgress] = {}
+    if not detail:
+        for run in runs:
+            if (figures := progress_cache.figures_from(getattr(run, "cached", None), STAGES)) is not None:
+                out[run.id] = _progress(run, figures)
+        runs = [run for run in runs if run.id not in out]
     if not runs:
-        return {}  # no such run (the web API's 404): nothing to aggregate
+        return ProgressRead(out, {})  # all cached, or no such run (the web API's 404)
     ids = [int(run.id) for run in runs]
     n_stages = len(STAGES)
     sums: dict[int, Sequence[Any]] = {}
@@ -600,40 +618,43 @@ def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) 
             by_stage.setdefault(int(run_id), {}).setdefault(stage, {})[error_class] = int(n)
     tail = 2 + 2 * n_stages  # after count(*), finished and the stage pairs: the four sums
     empty = (0,) * (tail + 4)
-    out: dict[int, RunProgress] = {}
+    cacheable: dict[int, dict[str, Any]] = {}
     for run in runs:
         got = sums.get(run.id, empty)
         failed, gone, owed = items.get(run.id, (0, 0, 0))
-        out[run.id] = RunProgress(
-            run_id=run.id,
-            account_id=run.account_id,
-            status=run.status,
-            mode=run.mode,
-            source=run.source,
-            reading_done=run.reading_done,
-            entries=run.entries,
-            windows_total=run.windows_total,
-            windows_finished=int(got[1]),
-            started_at=run.started_at,
-            finished_at=run.finished_at,
-            error=run.error,
-            stage_done={st: int(got[2 + 2 * i]) for i, st in enumerate(STAGES)},
-            stage_failed_windows={st: int(got[3 + 2 * i]) for i, st in enumerate(STAGES)},
-            enrichment_owed=owed,
-            new_messages=int(got[tail]),
-            duplicates=int(got[tail + 1]),
-            failed_messages=failed,
-            gone_messages=gone,
-            chunks_embedded=int(got[tail + 2]),
-            quota_units=int(got[tail + 3]),
-            windows_by_state=by_state.get(run.id, {}),  # both empty without detail
-            failures_by_stage=by_stage.get(run.id, {}),
-        )
-    return out
+        figures = {
+            "windows_finished": int(got[1]),
+            "stage_done": {st: int(got[2 + 2 * i]) for i, st in enumerate(STAGES)},
+            "stage_failed_windows": {st: int(got[3 + 2 * i]) for i, st in enumerate(STAGES)},
+            "enrichment_owed": owed,
+            "new_messages": int(got[tail]),
+            "duplicates": int(got[tail + 1]),
+            "failed_messages": failed,
+            "gone_messages": gone,
+            "chunks_embedded": int(got[tail + 2]),
+            "quota_units": int(got[tail + 3]),
+        }
+        # Both empty without detail.
+        out[run.id] = _progress(run, figures, by_state.get(run.id, {}), by_stage.get(run.id, {}))
+        if run.status not in (QUEUED, RUNNING) and got[0] == got[1]:
+            cacheable[run.id] = figures
+    return ProgressRead(out, cacheable)
+
+
+def _progress(run: Any, figures: dict[str, Any], windows_by_state: dict[str, dict[str, int]] | None = None,
+              failures_by_stage: dict[str, dict[str, int]] | None = None) -> RunProgress:
+    """A run's progress from its row (RUN_COLUMNS) and its figures (progress_cache.FIGURES)."""
+    return RunProgress(
+        run_id=run.id, account_id=run.account_id, status=run.status, mode=run.mode, source=run.source,
+        reading_done=run.reading_done, entries=run.entries, windows_total=run.windows_total,
+        started_at=run.started_at, finished_at=run.finished_at, error=run.error, **figures,
+        windows_by_state=windows_by_state or {}, failures_by_stage=failures_by_stage or {},
+    )
 
 
 __all__ = [
     "QUEUED",
+    "ProgressRead",
     "RunProgress",
     "StageClaim",
     "abandon_run",

@@ -23,6 +23,15 @@ def test_a_tiny_load_completes_and_the_checks_catch_planted_inconsistencies(
     assert result.lock_errors_in_logs == {} and result.lock_failure_rows == 0
     assert result.messages_per_second > 0
 
+    # The check above had `status` cache the finished runs' progress; the figures checked are the cache's.
+    with engine.begin() as conn:
+        cached = conn.execute(text("UPDATE run_progress_cache SET progress = jsonb_set(progress, '{duplicates}', "
+                                   "'7') WHERE run_id = :r"), {"r": result.run_ids[0]}).rowcount
+    assert cached == 1
+    assert check_integrity(engine, result.run_ids).failed() == {"run progress figures that differ from the rows": 1}
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM run_progress_cache"))
+
     with engine.begin() as conn:  # a window counter that no longer matches its items
         conn.execute(text("UPDATE windows SET new_messages = new_messages + 1 WHERE id = "
                           "(SELECT min(id) FROM windows WHERE run_id = :r)"), {"r": result.run_ids[0]})

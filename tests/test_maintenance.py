@@ -158,6 +158,11 @@ def test_retention_deletes_old_bookkeeping_never_mail(engine: Engine) -> None:
                  "('idle', 1, :idle, 0), ('busy', 1, :now, 0), ('paused', 1, :idle, :later)",
          idle=now - 7200, now=now, later=now + 600)
     messages = _sql(engine, "SELECT count(*) FROM messages").scalar()
+    # A change row (pipeline.progress_cache) a writer left for a run deleted under it; the deleted run's
+    # own change rows go too (no foreign key to cascade: migration 0015).
+    _sql(engine, "INSERT INTO run_changes (run_id, xact) VALUES (999999, 1)")
+    kept = [owed, recent, fresh, latest, running]
+    changes_gone = _sql(engine, "SELECT count(*) FROM run_changes WHERE run_id <> ALL(:k)", k=kept).scalar()
 
     report = retention(engine, settings)
 
@@ -171,7 +176,9 @@ def test_retention_deletes_old_bookkeeping_never_mail(engine: Engine) -> None:
     assert set(_sql(engine, "SELECT run_id FROM failures").scalars()) == {owed, recent, fresh, latest}
     assert report.as_dict() == {"runs_deleted": 1, "windows_deleted": 1, "window_items_deleted": 2 + 2 + 2,
                                 "failures_deleted": 1, "quota_buckets_deleted": 1,
-                                "count_deltas_folded": report.count_deltas_folded}
+                                "run_changes_deleted": changes_gone, "count_deltas_folded": report.count_deltas_folded}
+    assert changes_gone >= 2  # the orphan, and the deleted run's window insert
+    assert set(_sql(engine, "SELECT DISTINCT run_id FROM run_changes").scalars()) == runs  # the kept runs' rows stay
     assert report.count_deltas_folded > 0  # status's count rows of the set-up's transactions, folded
     assert set(_sql(engine, "SELECT key FROM quota_buckets").scalars()) == {"busy", "paused"}
     assert _sql(engine, "SELECT count(*) FROM messages").scalar() == messages  # never mail

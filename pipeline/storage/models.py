@@ -364,6 +364,31 @@ class AccountCountDelta(Base):
     delta: Mapped[int] = mapped_column(BigInteger)
 
 
+class RunChange(Base):
+    """A transaction that changed a run's windows or failures in a way its cached progress may not show
+    (migration 0015's triggers write these): `run_progress_cache` rows older than such a transaction are
+    not used. No writer waits on another: each transaction has its own row. No foreign key (see the
+    migration: its lock would let the sweep and retention deadlock); retention deletes orphans."""
+
+    __tablename__ = "run_changes"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    xact: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class RunProgressCache(Base):
+    """A finished run's progress figures as computed in the snapshot `snap` (`pipeline.progress_cache`),
+    used while no `run_changes` row is newer than that snapshot."""
+
+    __tablename__ = "run_progress_cache"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("sync_runs.id", ondelete="CASCADE"),
+                                        primary_key=True, autoincrement=False)
+    snap_xmin: Mapped[int] = mapped_column(BigInteger)  # the snapshot's xmin: older transactions it saw
+    snap: Mapped[str] = mapped_column(Text)  # pg_snapshot's text form
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
 class AiUsage(Base):
     """The ledger of LLM insight calls: tokens and USD per account per UTC day, against the daily budget.
 

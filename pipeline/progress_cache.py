@@ -1,0 +1,92 @@
+"""Finished runs' progress figures, kept so `mailpipe status` does not aggregate them again.
+
+At 1M messages `status` shows ~170 runs, almost all finished; aggregating their windows and failures
+was ~8 ms of each call (docs/PERFORMANCE.md, db-scale). A run's figures are stored with the REPEATABLE
+READ snapshot they were computed in, and used while no transaction that changed the run's windows or
+failures committed after that snapshot: migration 0015's triggers log every such transaction in
+`run_changes`, and the check is made in the statement that reads the cached figures (the migration's
+docstring gives the argument). Nothing is ever invalidated, so caching never makes a writer wait.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Label, SQLColumnExpression, exists, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.storage.db import transaction
+from pipeline.storage.models import RunChange, RunProgressCache
+
+log = logging.getLogger(__name__)
+
+# Bumped whenever the figures or their meaning change: rows of another version are recomputed.
+VERSION = 1
+# RunProgress's fields that come from the windows and failures (the rest are the run's own columns).
+FIGURES = ("windows_finished", "stage_done", "stage_failed_windows", "enrichment_owed", "new_messages",
+           "duplicates", "failed_messages", "gone_messages", "chunks_embedded", "quota_units")
+PER_STAGE = ("stage_done", "stage_failed_windows")
+
+_cache = RunProgressCache.__table__
+_changes = RunChange.__table__
+# A change the cached snapshot did not see. Transactions below its xmin all finished before it was
+# taken, so only the run's change rows from there on are read (the primary key's range).
+_UNSEEN = text("NOT pg_visible_in_snapshot(run_changes.xact::text::xid8, run_progress_cache.snap::pg_snapshot)")
+
+
+def cached_figures(run_id: SQLColumnExpression[int]) -> Label[Any]:
+    """A column for a query of runs: the run's cached figures when they are still current, else NULL."""
+    stale = exists().where(_changes.c.run_id == _cache.c.run_id, _changes.c.xact >= _cache.c.snap_xmin, _UNSEEN)
+    return (select(_cache.c.progress).where(_cache.c.run_id == run_id, ~stale)
+            .scalar_subquery().label("cached"))
+
+
+def figures_from(doc: Any, stages: Sequence[str]) -> dict[str, Any] | None:
+    """The figures of a cached row, or None when there is none or it was written for other figures."""
+    if not isinstance(doc, dict) or doc.get("v") != VERSION:
+        return None
+    figures = {name: doc.get(name) for name in FIGURES}
+    for name in PER_STAGE:
+        per_stage = figures[name]
+        if not isinstance(per_stage, dict) or per_stage.keys() != set(stages):
+            return None  # the stages changed since
+        figures[name] = {st: per_stage[st] for st in stages}  # in pipeline order: jsonb keeps its own
+    return figures
+
+
+def snapshot_of(conn: Connection) -> str:
+    """The snapshot the connection's REPEATABLE READ transaction reads (pg_snapshot's text form)."""
+    return str(conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one())
+
+
+def store(engine: Engine, snapshot: str, figures: Mapping[int, Mapping[str, Any]]) -> int:
+    """Keep these runs' figures, computed in `snapshot` (every statement of one REPEATABLE READ
+    transaction: figures read under READ COMMITTED may mix snapshots). Returns the rows written.
+
+    A run deleted since has nothing to keep: the foreign key refuses the row and nothing is written
+    (the next call tries again)."""
+    if not figures:
+        return 0
+    xmin = int(snapshot.split(":", 1)[0])
+    rows = [{"run_id": run_id, "snap_xmin": xmin, "snap": snapshot, "progress": {"v": VERSION, **figures[run_id]}}
+            for run_id in sorted(figures)]  # one order for every writer: two stores never wait in a circle
+    stmt = pg_insert(RunProgressCache).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_cache.c.run_id],
+        set_={"snap_xmin": stmt.excluded.snap_xmin, "snap": stmt.excluded.snap, "progress": stmt.excluded.progress},
+    )
+    try:
+        with transaction(engine) as s:
+            # A cached row lost in a crash is recomputed: no need to wait for the WAL flush.
+            s.execute(text("SET LOCAL synchronous_commit = off"))
+            s.execute(stmt)
+    except IntegrityError as exc:
+        log.info("run progress not cached (a run was deleted meanwhile): %s", exc.orig)
+        return 0
+    return len(rows)
+
+
+__all__ = ["FIGURES", "VERSION", "cached_figures", "figures_from", "snapshot_of", "store"]

@@ -1,0 +1,249 @@
+"""Finished runs' cached progress (pipeline.progress_cache, migration 0015) on a real Postgres: used while
+current, never after a change to the run's windows or failures, including one that commits between the
+snapshot the figures were computed in and their writing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from pipeline import progress_cache
+from pipeline.records import RawMessage
+from pipeline.reports import _LATEST_RUNS, status
+from pipeline.runs import (
+    STAGES,
+    add_window,
+    begin_run,
+    end_reading,
+    ensure_account,
+    progress_of,
+    record_failure,
+    run_progress,
+    runs_progress_in,
+)
+from pipeline.storage.db import snapshot, transaction
+
+SENTINEL = 999_999  # written into a cached row: seen in `status` only if the row was used
+
+
+def _finished_run(engine: Engine, windows: int = 2) -> tuple[int, int, list[int]]:
+    """An account with one done run of `windows` finished windows of two messages each."""
+    account = ensure_account(engine, "me@example.com", [])
+    run = begin_run(engine, account, "import", "test", stale_seconds=60)
+    ids = [add_window(engine, run, i, [RawMessage(f"offset:{i}:{j}", b"Subject: x\n\nhi\n") for j in range(2)])
+           for i in range(windows)]
+    done = ", ".join(f"{st} = 'done'" for st in STAGES)
+    with transaction(engine) as s:
+        s.execute(text(f"UPDATE windows SET {done}, finished = true, new_messages = 2 WHERE id = ANY(:ids)"),
+                  {"ids": ids})
+    end_reading(engine, run, entries=2 * windows, windows_total=windows)
+    assert run_progress(engine, run).status == "done"
+    return account, run, ids
+
+
+def _shown(engine: Engine, run: int) -> dict[str, Any]:
+    [account] = status(engine)
+    [shown] = [r for r in account["runs"] if r["run_id"] == run]
+    return shown
+
+
+def _truth(engine: Engine, run: int) -> dict[str, Any]:
+    """The run's figures aggregated from the rows (detail reads never use the cache)."""
+    with transaction(engine) as s:
+        p = runs_progress_in(s, [run], detail=True)[run]
+    return {"new_messages": p.new_messages, "windows_finished": p.windows_finished, "failed": p.failed_messages,
+            "gone": p.gone_messages, "stage_done": p.stage_done}
+
+
+def _as_truth(shown: dict[str, Any]) -> dict[str, Any]:
+    return {"new_messages": shown["new_messages"], "windows_finished": shown["windows_finished"],
+            "failed": shown["failed"], "gone": shown["gone"],
+            "stage_done": {st: v["messages_done"] for st, v in shown["stages"].items()}}
+
+
+def _tamper(engine: Engine, run: int) -> None:
+    with transaction(engine) as s:
+        changed = s.execute(text(
+            "UPDATE run_progress_cache SET progress = jsonb_set(progress, '{new_messages}', to_jsonb(:n)) "
+            "WHERE run_id = :run"), {"n": SENTINEL, "run": run}).rowcount  # type: ignore[attr-defined]
+    assert changed == 1, "status did not cache the finished run"
+
+
+def test_status_caches_a_finished_run_and_then_reads_its_figures_from_the_cache(engine: Engine) -> None:
+    _, run, _ = _finished_run(engine)
+    first = _shown(engine, run)
+    assert _as_truth(first) == _truth(engine, run)
+    _tamper(engine, run)
+    assert _shown(engine, run)["new_messages"] == SENTINEL  # the cached row, not the windows, answered
+    # run_progress (READ COMMITTED) reads the same current row.
+    assert run_progress(engine, run).new_messages == SENTINEL
+
+
+def test_a_running_run_or_an_unfinished_window_is_not_cached(engine: Engine) -> None:
+    account = ensure_account(engine, "me@example.com", [])
+    run = begin_run(engine, account, "import", "test", stale_seconds=60)
+    add_window(engine, run, 0, [RawMessage("offset:0", b"Subject: x\n\nhi\n")])
+    _shown(engine, run)
+    with transaction(engine) as s:
+        s.execute(text("UPDATE sync_runs SET status = 'abandoned' WHERE id = :id"), {"id": run})
+    _shown(engine, run)  # ended, but its window never finished
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM run_progress_cache")).scalar_one() == 0
+
+
+def _reopen_window(engine: Engine, run: int, account: int, windows: list[int]) -> None:
+    # What the enrichment sweep does to a finished window whose embedding is owed.
+    with transaction(engine) as s:
+        s.execute(text("UPDATE windows SET embed = 'pending', finished = false WHERE id = :id"), {"id": windows[0]})
+
+
+def _recount_window(engine: Engine, run: int, account: int, windows: list[int]) -> None:
+    # What reconciliation does to a finished window's counters.
+    with transaction(engine) as s:
+        s.execute(text("UPDATE windows SET new_messages = 1 WHERE id = :id"), {"id": windows[0]})
+
+
+def _add_failure(engine: Engine, run: int, account: int, windows: list[int]) -> None:
+    with transaction(engine) as s:
+        record_failure(s, account, run, windows[0], "offset:0:0", "insight", "permanent", "late")
+
+
+def _remove_failure(engine: Engine, run: int, account: int, windows: list[int]) -> None:
+    with transaction(engine) as s:
+        s.execute(text("DELETE FROM failures WHERE run_id = :run"), {"run": run})
+
+
+def _add_window(engine: Engine, run: int, account: int, windows: list[int]) -> None:
+    # A driver that outlived its run (taken over on another host) still adds a window.
+    add_window(engine, run, len(windows), [RawMessage("offset:late", b"Subject: x\n\nhi\n")])
+
+
+def _delete_window(engine: Engine, run: int, account: int, windows: list[int]) -> None:
+    with transaction(engine) as s:
+        s.execute(text("DELETE FROM windows WHERE id = :id"), {"id": windows[-1]})
+
+
+CHANGES: dict[str, Callable[[Engine, int, int, list[int]], None]] = {
+    "finished window reopened": _reopen_window,
+    "finished window's counters changed": _recount_window,
+    "failure recorded": _add_failure,
+    "failure removed": _remove_failure,
+    "window added": _add_window,
+    "window deleted": _delete_window,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_any_change_to_a_cached_runs_windows_or_failures_makes_status_aggregate_again(
+    engine: Engine, change: str
+) -> None:
+    account, run, windows = _finished_run(engine)
+    if change == "failure removed":
+        _add_failure(engine, run, account, windows)
+    _shown(engine, run)
+    _tamper(engine, run)
+    CHANGES[change](engine, run, account, windows)
+    shown = _shown(engine, run)
+    assert shown["new_messages"] != SENTINEL, f"the cached row was used after: {change}"
+    assert _as_truth(shown) == _truth(engine, run)
+
+
+def test_a_change_committed_after_the_snapshot_but_before_the_figures_are_stored_is_not_hidden(
+    engine: Engine,
+) -> None:
+    """The race a cache invalidated by writers would lose: the figures are computed in snapshot S, a
+    writer commits a change S did not see, and only then are the figures stored. They must not be used."""
+    account, run, windows = _finished_run(engine)
+    with snapshot(engine) as s:
+        conn = s.connection()
+        read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
+        snap = progress_cache.snapshot_of(conn)
+        _recount_window(engine, run, account, windows)  # commits while S is open
+    assert run in read.cacheable
+    assert progress_cache.store(engine, snap, read.cacheable) == 1
+    assert _as_truth(_shown(engine, run)) == _truth(engine, run)
+    assert _truth(engine, run)["new_messages"] == 3  # 1 + 2: the change is what status shows
+
+
+def test_a_writer_in_progress_when_the_snapshot_is_taken_is_not_hidden(engine: Engine) -> None:
+    """The writer changed the window before S but commits after: S did not see it (its transaction was
+    in progress), so figures stored at S are not used once it commits."""
+    account, run, windows = _finished_run(engine)
+    with engine.connect() as writer:
+        writer.execute(text("BEGIN"))
+        writer.execute(text("UPDATE windows SET new_messages = 5 WHERE id = :id"), {"id": windows[0]})
+        # A later transaction commits first, so S counts the writer among those in progress (its xip),
+        # not among those not started yet (at or past its xmax): both must hide the cached row.
+        with transaction(engine) as s:
+            s.execute(text("UPDATE accounts SET status = status"))
+        before = _shown(engine, run)  # computes and stores at a snapshot with the writer in progress
+        writer.execute(text("COMMIT"))
+    assert before["new_messages"] == 4
+    assert _shown(engine, run)["new_messages"] == 7
+
+
+def test_figures_of_another_version_or_other_stages_are_recomputed() -> None:
+    figures = {name: 0 for name in progress_cache.FIGURES} | {
+        "stage_done": {st: 0 for st in STAGES}, "stage_failed_windows": {st: 0 for st in STAGES}}
+    read = progress_cache.figures_from({"v": progress_cache.VERSION, **figures}, STAGES)
+    assert read == figures
+    assert read is not None and list(read["stage_done"]) == list(STAGES)  # shown in pipeline order
+    jsonb_order = {st: 0 for st in sorted(STAGES, key=lambda st: (len(st), st))}
+    read = progress_cache.figures_from({"v": progress_cache.VERSION, **figures, "stage_done": jsonb_order}, STAGES)
+    assert read is not None and list(read["stage_done"]) == list(STAGES)
+    assert progress_cache.figures_from({"v": progress_cache.VERSION + 1, **figures}, STAGES) is None
+    assert progress_cache.figures_from({"v": progress_cache.VERSION, **figures}, (*STAGES, "new")) is None
+    assert progress_cache.figures_from(None, STAGES) is None
+
+
+def test_deleting_a_cached_run_or_its_account_takes_its_cache_and_retention_its_change_rows(
+    engine: Engine,
+) -> None:
+    from pipeline.maintenance import retention
+    from pipeline.settings import Settings
+
+    account, run, windows = _finished_run(engine)
+    _add_failure(engine, run, account, windows)
+    _shown(engine, run)
+    with engine.connect() as conn:
+        logged = conn.execute(text("SELECT count(*) FROM run_changes")).scalar_one()
+    with transaction(engine) as s:
+        s.execute(text("DELETE FROM sync_runs WHERE id = :id"), {"id": run})  # its cascade logs nothing
+    account, run, windows = _finished_run(engine)
+    _add_failure(engine, run, account, windows)
+    _shown(engine, run)
+    with transaction(engine) as s:
+        s.execute(text("DELETE FROM accounts WHERE id = :id"), {"id": account})
+    with engine.connect() as conn:
+        left = conn.execute(text(
+            "SELECT (SELECT count(*) FROM run_progress_cache), (SELECT count(*) FROM run_changes)")).one()
+    assert tuple(left) == (0, 2 * logged)  # the cached rows went with their runs; the change rows wait
+    assert retention(engine, Settings()).run_changes_deleted == 2 * logged
+
+
+def test_a_run_deleted_before_its_figures_are_stored_is_skipped(engine: Engine) -> None:
+    _, run, _ = _finished_run(engine)
+    with snapshot(engine) as s:
+        conn = s.connection()
+        read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
+        snap = progress_cache.snapshot_of(conn)
+    with transaction(engine) as s:
+        s.execute(text("DELETE FROM sync_runs WHERE id = :id"), {"id": run})
+    assert progress_cache.store(engine, snap, read.cacheable) == 0
+
+
+def test_a_running_runs_stage_marks_write_no_change_rows(engine: Engine) -> None:
+    """The hot path: stage marks on unfinished windows skip the trigger (its WHEN clause)."""
+    account = ensure_account(engine, "me@example.com", [])
+    run = begin_run(engine, account, "import", "test", stale_seconds=60)
+    wid = add_window(engine, run, 0, [RawMessage("offset:0", b"Subject: x\n\nhi\n")])
+    with engine.connect() as conn:
+        after_insert = conn.execute(text("SELECT count(*) FROM run_changes")).scalar_one()
+    for st in STAGES:
+        with transaction(engine) as s:
+            s.execute(text(f"UPDATE windows SET {st} = 'done' WHERE id = :id"), {"id": wid})
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM run_changes")).scalar_one() == after_insert == 1
