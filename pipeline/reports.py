@@ -11,7 +11,7 @@ from sqlalchemy import Engine, Integer, bindparam, select, true
 from pipeline import progress_cache
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
-from pipeline.counts import KINDS, counts_of
+from pipeline.counts import KINDS, counts_by_account
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
 from pipeline.runs import RUN_COLUMNS, RunProgress, progress_of, runs_progress_in
@@ -48,10 +48,10 @@ _LATEST = (select(*RUN_COLUMNS).where(SyncRun.account_id == Account.id).order_by
            .limit(bindparam("recent_runs", type_=Integer)).lateral())
 _LATEST_RUNS = (select(*_LATEST.c, progress_cache.cached_figures(_LATEST.c.id)).select_from(Account)
                 .join(_LATEST, true()).order_by(_LATEST.c.account_id, _LATEST.c.started_at.desc()))
-_COUNTS = counts_of(Account.id)
+_COUNTS = counts_by_account()
 _ACCOUNTS = (select(Account.id, Account.email, Account.kind, Account.status, Account.status_reason,
-                    Account.history_id, Account.last_synced_at, *_COUNTS.c)
-             .select_from(Account).join(_COUNTS, true()).order_by(Account.id))
+                    Account.history_id, Account.last_synced_at, *(_COUNTS.c[kind] for kind in KINDS))
+             .outerjoin(_COUNTS, _COUNTS.c.account_id == Account.id).order_by(Account.id))
 
 
 def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
@@ -83,7 +83,7 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
             "action": reauth_advice(a.email, a.status_reason) if a.status == "needs_reauth" else None,
             "history_id": a.history_id,
             "last_synced_at": _iso(a.last_synced_at),
-            **{kind: int(getattr(a, kind)) for kind in KINDS},
+            **{kind: getattr(a, kind) or 0 for kind in KINDS},
             "runs": [_run_dict(progress[rid]) for rid in run_ids.get(a.id, []) if rid in progress],
         })
     return out

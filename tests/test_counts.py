@@ -14,7 +14,7 @@ from pipeline.changes import delete_messages
 from pipeline.counts import KINDS, Counts, actual_counts, compact, stored_counts, verify
 from pipeline.maintenance import reconcile, retention
 from pipeline.reports import status
-from pipeline.runs import record_failure
+from pipeline.runs import ensure_account, record_failure
 from pipeline.settings import Settings
 from pipeline.storage.db import transaction
 from tests.web_support import mail, seed_account
@@ -78,6 +78,8 @@ def test_counts_follow_imports_and_status_shows_count_star(engine: Engine) -> No
     shown = _status_counts(engine)
     assert shown["ann@example.com"] == {k: actual.get((a, k), 0) for k in KINDS}
     assert shown["bob@example.com"] == {k: actual.get((b, k), 0) for k in KINDS}
+    ensure_account(engine, "new@example.com", [])  # no count row of any kind yet
+    assert _status_counts(engine)["new@example.com"] == dict.fromkeys(KINDS, 0)
     # A re-import of the same mail adds nothing: the duplicates' statements count no row.
     seed_account(engine, "ann@example.com", _thread_raws("ann", 3, 3))
     assert assert_exact(engine) == actual
