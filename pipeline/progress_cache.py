@@ -10,12 +10,12 @@ docstring gives the argument). Nothing is ever invalidated, so caching never mak
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Label, SQLColumnExpression, exists, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.storage.db import transaction
@@ -57,6 +57,17 @@ def figures_from(doc: Any, stages: Sequence[str]) -> dict[str, Any] | None:
     return figures
 
 
+# Every run's figures in one JSON object keyed by run id: a VALUES row per run made SQLAlchemy compile a
+# 166-row statement (664 parameters) anew on every store, 14.5 ms at 1M, and a jsonb[] parameter had
+# psycopg quote each element in Python, ~4.5 ms (ad-hoc); one string is encoded by json in C.
+_STORE = text(
+    "INSERT INTO run_progress_cache (run_id, snap_xmin, snap, progress) "
+    "SELECT key::bigint, :xmin, :snap, value FROM jsonb_each(CAST(:docs AS jsonb)) ORDER BY key::bigint "
+    "ON CONFLICT (run_id) DO UPDATE SET snap_xmin = excluded.snap_xmin, snap = excluded.snap, "
+    "progress = excluded.progress"
+)
+
+
 def snapshot_of(conn: Connection) -> str:
     """The snapshot the connection's REPEATABLE READ transaction reads (pg_snapshot's text form)."""
     return str(conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one())
@@ -70,23 +81,18 @@ def store(engine: Engine, snapshot: str, figures: Mapping[int, Mapping[str, Any]
     (the next call tries again)."""
     if not figures:
         return 0
-    xmin = int(snapshot.split(":", 1)[0])
-    rows = [{"run_id": run_id, "snap_xmin": xmin, "snap": snapshot, "progress": {"v": VERSION, **figures[run_id]}}
-            for run_id in sorted(figures)]  # one order for every writer: two stores never wait in a circle
-    stmt = pg_insert(RunProgressCache).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_cache.c.run_id],
-        set_={"snap_xmin": stmt.excluded.snap_xmin, "snap": stmt.excluded.snap, "progress": stmt.excluded.progress},
-    )
+    # Inserted in run order (ORDER BY): two stores never wait on each other in a circle.
+    docs = json.dumps({str(run_id): {"v": VERSION, **f} for run_id, f in figures.items()})
+    params = {"xmin": int(snapshot.split(":", 1)[0]), "snap": snapshot, "docs": docs}
     try:
         with transaction(engine) as s:
             # A cached row lost in a crash is recomputed: no need to wait for the WAL flush.
             s.execute(text("SET LOCAL synchronous_commit = off"))
-            s.execute(stmt)
+            s.execute(_STORE, params)
     except IntegrityError as exc:
         log.info("run progress not cached (a run was deleted meanwhile): %s", exc.orig)
         return 0
-    return len(rows)
+    return len(figures)
 
 
 __all__ = ["FIGURES", "VERSION", "cached_figures", "figures_from", "snapshot_of", "store"]
