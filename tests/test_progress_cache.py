@@ -247,3 +247,14 @@ def test_a_running_runs_stage_marks_write_no_change_rows(engine: Engine) -> None
             s.execute(text(f"UPDATE windows SET {st} = 'done' WHERE id = :id"), {"id": wid})
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM run_changes")).scalar_one() == after_insert == 1
+
+
+def test_the_cached_figures_are_every_progress_field_the_windows_and_failures_give() -> None:
+    """A field added to RunProgress from the rows but not to FIGURES would be lost from cached runs."""
+    from dataclasses import fields
+
+    from pipeline.runs import RUN_COLUMNS, RunProgress
+
+    own = {"run_id" if c.key == "id" else c.key for c in RUN_COLUMNS}
+    detail = {"windows_by_state", "failures_by_stage"}
+    assert set(progress_cache.FIGURES) == {f.name for f in fields(RunProgress)} - own - detail
