@@ -48,7 +48,10 @@ def figures_from(doc: Any, stages: Sequence[str]) -> dict[str, Any] | None:
     """The figures of a cached row, or None when there is none or it was written for other figures."""
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
         return None
-    figures = {name: doc.get(name) for name in FIGURES}
+    try:
+        figures = {name: doc[name] for name in FIGURES}
+    except KeyError:
+        return None  # not written by this code: recomputed, never shown with a figure missing
     for name in PER_STAGE:
         per_stage = figures[name]
         if not isinstance(per_stage, dict) or per_stage.keys() != set(stages):

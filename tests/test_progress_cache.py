@@ -197,6 +197,8 @@ def test_figures_of_another_version_or_other_stages_are_recomputed() -> None:
     assert progress_cache.figures_from({"v": progress_cache.VERSION + 1, **figures}, STAGES) is None
     assert progress_cache.figures_from({"v": progress_cache.VERSION, **figures}, (*STAGES, "new")) is None
     assert progress_cache.figures_from(None, STAGES) is None
+    assert progress_cache.figures_from(
+        {"v": progress_cache.VERSION, **{k: v for k, v in figures.items() if k != "quota_units"}}, STAGES) is None
 
 
 def test_deleting_a_cached_run_or_its_account_takes_its_cache_and_retention_its_change_rows(

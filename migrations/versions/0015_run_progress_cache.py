@@ -26,12 +26,14 @@ xmin on (an index range): none, for a run nobody touched since.
 
 `run_changes` has no foreign key: its check would take a KEY SHARE lock on the run's row, and a
 transaction that changes a finished window (the enrichment sweep) would then wait on retention deleting
-that run, while retention's cascade waits on the window: a deadlock the schema did not have. Deletes are
-logged only for runs that still exist (a run's cascade deletes its windows after the run row is gone), so
-a deleted run leaves no change rows but for a writer racing its deletion; retention deletes those.
+that run, while retention's cascade waits on the window: a deadlock the schema did not have. So a
+deleted run's change rows stay behind, and retention (`pipeline.maintenance`, hourly) deletes the rows
+of runs that no longer exist; its cascade logs none (deletes are logged only for runs that still exist:
+the cascade deletes the windows after the run row is gone). Run ids are never reused.
 The cached row goes with its run (ON DELETE CASCADE; written in a transaction of its own that holds
-nothing else). TRUNCATE of windows or failures forgets every cached row. A bulk load with triggers off (`session_replication_role = replica`, bench.db_scale) writes no
-change rows; it must not run beside readers that cache (the bench loads before any).
+nothing else). TRUNCATE of windows or failures forgets every cached row. A bulk load with triggers off
+(`session_replication_role = replica`, bench.db_scale) writes no change rows; it must not run beside
+readers that cache (the bench loads before any).
 
 Revision ID: 0015
 Revises: 0014
