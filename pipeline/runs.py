@@ -6,6 +6,7 @@ Celery only carries window ids. Whether a stage ran, failed or is still owed is 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterable, Sequence
@@ -16,14 +17,14 @@ from typing import Any
 from sqlalchemy import BigInteger, Connection, Engine, any_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.exc import IntegrityError, NoResultFound, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from pipeline import progress_cache
 from pipeline.enrichment import ENRICHMENT_STAGES, RESUMABLE_CLASSES
 from pipeline.errors import RunConflictError
 from pipeline.records import RawMessage
-from pipeline.storage.db import transaction
+from pipeline.storage.db import snapshot, transaction
 from pipeline.storage.models import (
     DONE,
     FAILED,
@@ -37,6 +38,8 @@ from pipeline.storage.models import (
     Window,
     WindowItem,
 )
+
+log = logging.getLogger(__name__)
 
 # Which stage must be done before another may run. Embed and insight need normalized text only,
 # so a contacts failure does not block them.
@@ -268,7 +271,10 @@ def end_reading(engine: Engine, run_id: int, entries: int, windows_total: int) -
 
 
 def maybe_finish_run(engine: Engine, run_id: int) -> bool:
-    """Mark the run done once reading is over and every window is finished. Safe to call often."""
+    """Mark the run done once reading is over and every window is finished. Safe to call often.
+
+    The call that finishes it also caches its progress figures, so that the next `status` does not
+    aggregate them (pipeline.progress_cache)."""
     with transaction(engine) as s:
         result = s.execute(
             text(
@@ -278,7 +284,24 @@ def maybe_finish_run(engine: Engine, run_id: int) -> bool:
             ),
             {"id": run_id},
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        finished = bool(result.rowcount)  # type: ignore[attr-defined]
+    if finished:
+        try:
+            remember_progress(engine, [run_id])
+        except SQLAlchemyError as exc:
+            # Only a cache: the run is done either way, and `status` computes and caches it instead.
+            log.warning("run %s finished; its progress was not cached: %s", run_id, exc)
+    return finished
+
+
+def remember_progress(engine: Engine, run_ids: Sequence[int]) -> int:
+    """Compute these runs' progress in one snapshot and cache the figures of those finished; returns
+    how many were cached."""
+    with snapshot(engine) as s:
+        conn = s.connection()
+        read = progress_of(conn, conn.execute(_RUNS_BY_ID, {"run_ids": list(run_ids)}).all())
+        snap = progress_cache.snapshot_of(conn) if read.cacheable else None
+    return progress_cache.store(engine, snap, read.cacheable) if snap is not None else 0
 
 
 # ---------------------------------------------------------------- windows
@@ -669,6 +692,7 @@ __all__ = [
     "fail_stage",
     "heartbeat",
     "maybe_finish_run",
+    "remember_progress",
     "open_window_ids",
     "open_windows",
     "queue_run",

@@ -44,6 +44,12 @@ def _finished_run(engine: Engine, windows: int = 2) -> tuple[int, int, list[int]
     return account, run, ids
 
 
+def _forget(engine: Engine) -> None:
+    """Drop every cached row (the run's finish cached its figures): the next read aggregates."""
+    with transaction(engine) as s:
+        s.execute(text("DELETE FROM run_progress_cache"))
+
+
 def _shown(engine: Engine, run: int) -> dict[str, Any]:
     [account] = status(engine)
     [shown] = [r for r in account["runs"] if r["run_id"] == run]
@@ -72,8 +78,20 @@ def _tamper(engine: Engine, run: int) -> None:
     assert changed == 1, "status did not cache the finished run"
 
 
+def test_the_call_that_finishes_a_run_caches_its_figures(engine: Engine) -> None:
+    _, run, _ = _finished_run(engine)  # end_reading -> maybe_finish_run: done, and cached
+    with engine.connect() as conn:
+        cached = conn.execute(text("SELECT progress FROM run_progress_cache WHERE run_id = :r"), {"r": run}).scalar()
+    figures = progress_cache.figures_from(cached, STAGES)
+    assert figures is not None
+    assert {"new_messages": figures["new_messages"], "windows_finished": figures["windows_finished"],
+            "failed": figures["failed_messages"], "gone": figures["gone_messages"],
+            "stage_done": figures["stage_done"]} == _truth(engine, run)
+
+
 def test_status_caches_a_finished_run_and_then_reads_its_figures_from_the_cache(engine: Engine) -> None:
     _, run, _ = _finished_run(engine)
+    _forget(engine)  # as for a run finished before the cache existed, or changed since
     first = _shown(engine, run)
     assert _as_truth(first) == _truth(engine, run)
     _tamper(engine, run)
@@ -157,6 +175,7 @@ def test_a_change_committed_after_the_snapshot_but_before_the_figures_are_stored
     """The race a cache invalidated by writers would lose: the figures are computed in snapshot S, a
     writer commits a change S did not see, and only then are the figures stored. They must not be used."""
     account, run, windows = _finished_run(engine)
+    _forget(engine)
     with snapshot(engine) as s:
         conn = s.connection()
         read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
@@ -172,6 +191,7 @@ def test_a_writer_in_progress_when_the_snapshot_is_taken_is_not_hidden(engine: E
     """The writer changed the window before S but commits after: S did not see it (its transaction was
     in progress), so figures stored at S are not used once it commits."""
     account, run, windows = _finished_run(engine)
+    _forget(engine)  # so that the status below computes and stores its figures at S
     with engine.connect() as writer:
         writer.execute(text("BEGIN"))
         writer.execute(text("UPDATE windows SET new_messages = 5 WHERE id = :id"), {"id": windows[0]})
@@ -228,6 +248,7 @@ def test_deleting_a_cached_run_or_its_account_takes_its_cache_and_retention_its_
 
 def test_a_run_deleted_before_its_figures_are_stored_is_skipped(engine: Engine) -> None:
     _, run, _ = _finished_run(engine)
+    _forget(engine)
     with snapshot(engine) as s:
         conn = s.connection()
         read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
