@@ -2,7 +2,8 @@
 
 At 1M messages `status` shows ~170 runs, almost all finished; aggregating their windows and failures
 was ~8 ms of each call (docs/PERFORMANCE.md, db-scale). A run's figures are stored with the REPEATABLE
-READ snapshot they were computed in, and used while no transaction that changed the run's windows or
+READ snapshot they were computed in (by the call that finishes the run, `pipeline.runs.maybe_finish_run`,
+or by `status` when it had to aggregate them), and used while no transaction that changed the run's windows or
 failures committed after that snapshot: migration 0015's triggers log every such transaction in
 `run_changes`, and the check is made in the statement that reads the cached figures (the migration's
 docstring gives the argument). Nothing is ever invalidated, so caching never makes a writer wait.
