@@ -15,6 +15,7 @@ from pipeline.records import RawMessage
 from pipeline.reports import _LATEST_RUNS, status
 from pipeline.runs import (
     STAGES,
+    ProgressRead,
     add_window,
     begin_run,
     end_reading,
@@ -48,6 +49,18 @@ def _forget(engine: Engine) -> None:
     """Drop every cached row (the run's finish cached its figures): the next read aggregates."""
     with transaction(engine) as s:
         s.execute(text("DELETE FROM run_progress_cache"))
+
+
+def _aggregated(engine: Engine, meanwhile: Callable[[], None] | None = None) -> tuple[ProgressRead, str]:
+    """What `status` does before it stores: the latest runs aggregated in one snapshot S, and S;
+    `meanwhile` runs (and commits) while S is still open."""
+    with snapshot(engine) as s:
+        conn = s.connection()
+        read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
+        snap = progress_cache.snapshot_of(conn)
+        if meanwhile is not None:
+            meanwhile()
+    return read, snap
 
 
 def _shown(engine: Engine, run: int) -> dict[str, Any]:
@@ -176,11 +189,7 @@ def test_a_change_committed_after_the_snapshot_but_before_the_figures_are_stored
     writer commits a change S did not see, and only then are the figures stored. They must not be used."""
     account, run, windows = _finished_run(engine)
     _forget(engine)
-    with snapshot(engine) as s:
-        conn = s.connection()
-        read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
-        snap = progress_cache.snapshot_of(conn)
-        _recount_window(engine, run, account, windows)  # commits while S is open
+    read, snap = _aggregated(engine, meanwhile=lambda: _recount_window(engine, run, account, windows))
     assert run in read.cacheable
     assert progress_cache.store(engine, snap, read.cacheable) == 1
     assert _as_truth(_shown(engine, run)) == _truth(engine, run)
@@ -249,10 +258,7 @@ def test_deleting_a_cached_run_or_its_account_takes_its_cache_and_retention_its_
 def test_a_run_deleted_before_its_figures_are_stored_is_skipped(engine: Engine) -> None:
     _, run, _ = _finished_run(engine)
     _forget(engine)
-    with snapshot(engine) as s:
-        conn = s.connection()
-        read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
-        snap = progress_cache.snapshot_of(conn)
+    read, snap = _aggregated(engine)
     with transaction(engine) as s:
         s.execute(text("DELETE FROM sync_runs WHERE id = :id"), {"id": run})
     assert progress_cache.store(engine, snap, read.cacheable) == 0
