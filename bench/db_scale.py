@@ -850,8 +850,9 @@ def cases(engine: Engine, url: str, fx: Fixture) -> list[Case]:
     return [
         Case("mailpipe status (every account)", "reports.status", TARGET_MS, lambda rng: status(engine),
              explain_reps=1),  # no parameter to vary: one call's statements explained
-        # The first call after runs finish (or after a change to a finished run): the runs' figures are
-        # aggregated, then cached (pipeline.progress_cache). The call above reads them from the cache.
+        # The first call after a change to finished runs (or after runs that finished before the cache
+        # existed): their figures are aggregated, then cached (pipeline.progress_cache). The call above
+        # reads them from the cache.
         Case("mailpipe status, progress not cached", "reports.status", TARGET_MS, lambda rng: status(engine),
              explain_reps=1, before=lambda: forget_cached_progress(engine)),
         Case("run progress", "runs.run_progress", TARGET_MS, lambda rng: run_progress(engine, rng.choice(fx.runs))),

@@ -238,8 +238,9 @@ def check_integrity(engine: Engine, run_ids: Sequence[int]) -> Integrity:
     with engine.connect() as conn:
         for name, sql in INTEGRITY_SQL.items():
             checks[name] = int(conn.execute(text(sql), {"ids": ids}).scalar_one())
-    # First: `status` also caches the finished runs' progress (pipeline.progress_cache), so the figures
-    # checked below are those the cache gives, as every later `status` would show them.
+    # First: the figures checked below are then those of the progress cache (pipeline.progress_cache),
+    # as every `status` shows them: the call that finished each run cached them, and `status` caches any
+    # it has to aggregate.
     checks["status counts that differ from count(*)"] = status_count_mismatches(engine, ids)
     progress_off = 0
     for run_id in ids:

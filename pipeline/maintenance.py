@@ -184,7 +184,7 @@ class RetentionReport:
     window_items_deleted: int = 0
     failures_deleted: int = 0
     quota_buckets_deleted: int = 0
-    run_changes_deleted: int = 0  # change rows (pipeline.progress_cache) of runs deleted while they were written
+    run_changes_deleted: int = 0  # change rows (pipeline.progress_cache) of runs that no longer exist
     count_deltas_folded: int = 0  # per-account count rows folded into their sums
 
     def as_dict(self) -> dict[str, int]:
@@ -242,8 +242,8 @@ def retention(engine: Engine, settings: Settings) -> RetentionReport:
                  "AND paused_until < extract(epoch FROM now())"),
             {"idle": IDLE_EXPIRY_SECONDS},
         ).rowcount)  # type: ignore[attr-defined]
-        # A deleted run's cascade logs no change rows; a writer racing the deletion may have (no foreign
-        # key: migration 0015).
+        # No foreign key cascades a run's change rows (migration 0015 says why): those of runs deleted
+        # above, by an account's removal, or by a writer racing a deletion, go here.
         report.run_changes_deleted = int(s.execute(text(
             "DELETE FROM run_changes c WHERE NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.id = c.run_id)"
         )).rowcount)  # type: ignore[attr-defined]

@@ -522,8 +522,8 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
 
 
 def runs_progress(engine: Engine, run_ids: Sequence[int]) -> dict[int, RunProgress]:
-    """The progress of several runs, in three statements whatever their number (`mailpipe status` shows
-    the latest runs of every account: one call per run was four round trips each)."""
+    """The progress of several runs, in three statements whatever their number (one call per run was
+    four round trips each), one when every run's figures are cached (pipeline.progress_cache)."""
     with transaction(engine) as s:
         return runs_progress_in(s, run_ids)
 

@@ -23,7 +23,7 @@ def test_a_tiny_load_completes_and_the_checks_catch_planted_inconsistencies(
     assert result.lock_errors_in_logs == {} and result.lock_failure_rows == 0
     assert result.messages_per_second > 0
 
-    # The check above had `status` cache the finished runs' progress; the figures checked are the cache's.
+    # The finished runs' progress is cached (by the call that finished each); the figures checked are the cache's.
     with engine.begin() as conn:
         cached = conn.execute(text("UPDATE run_progress_cache SET progress = jsonb_set(progress, '{duplicates}', "
                                    "'7') WHERE run_id = :r"), {"r": result.run_ids[0]}).rowcount
