@@ -40,10 +40,13 @@ class Settings(BaseSettings):
         "batch of 64 adds ~490 MiB to a worker's peak, 16 adds ~110 MiB; 8 and 16 run at the same speed on CPU."
     )
     worker_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    # Torch's CPU allocations leave a worker's heap fragmented; a child is replaced after this many
-    # tasks so its memory never depends on how much mail came before it (docs/PERFORMANCE.md).
-    # Cheap: torch is imported once in the worker's parent and shared. 0 keeps children forever.
-    worker_max_tasks_per_child: int = Field(default=25, ge=0, description="Tasks before a worker child is replaced.")
+    # Torch's CPU allocations leave a worker's heap fragmented; with the local embedder a child is replaced
+    # after this many tasks so its memory never depends on how much mail came before it
+    # (docs/PERFORMANCE.md). Resolved in tasks.config; 0 keeps children forever.
+    worker_max_tasks_per_child: int | None = Field(
+        default=None, ge=0, description="Tasks before a worker child is replaced; unset: 25 with the local "
+        "embedder (torch's heap), never otherwise (tasks.config)."
+    )
     worker_prefetch_multiplier: int | None = Field(
         default=None, ge=1, le=16, description="Messages a worker holds per child (Celery's prefetch multiplier); "
         "unset: 2 on the embedded SQL broker, 1 on any other (tasks.config)."

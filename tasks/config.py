@@ -57,6 +57,21 @@ def prefetch_multiplier(settings: Settings, broker: str) -> int:
     return 2 if broker.startswith("sqla+") else 1
 
 
+TORCH_TASKS_PER_CHILD = 25
+
+
+def max_tasks_per_child(settings: Settings) -> int | None:
+    """Tasks before a worker child is replaced (None: never). With the local embedder, 25: torch's
+    allocations fragment a child's heap, and replacing it keeps a worker's peak RSS flat whatever the
+    mailbox's size (docs/PERFORMANCE.md, memory); torch is imported once in the parent, so it is cheap.
+    Otherwise never: nothing grows (all five stages in one process stayed at 187 MiB for 50 windows),
+    and each new child opened fresh database connections and re-imported what its first tasks use,
+    ~11% of a 10k import's wall clock (docs/PERFORMANCE.md, seventh round)."""
+    if settings.worker_max_tasks_per_child is not None:
+        return settings.worker_max_tasks_per_child or None
+    return TORCH_TASKS_PER_CHILD if settings.embedder == "local" else None
+
+
 def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
     broker = broker_url_for(settings, database_url)
     # A message unacknowledged for longer than this is handed to another worker: it must outlast the
@@ -97,7 +112,7 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
         "worker_enable_remote_control": not broker.startswith("sqla+"),
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 1_500_000,  # KiB: a child that leaks is replaced between tasks
-        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
+        "worker_max_tasks_per_child": max_tasks_per_child(settings),
         "beat_schedule": beat_schedule(settings),
         "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL,
         **beat_scheduler(settings, broker),

@@ -13,3 +13,13 @@ def test_prefetch_is_one_per_child_except_on_the_polling_embedded_broker() -> No
     assert embedded["task_acks_late"] is True  # a reserved message is still acknowledged only after its task
     chosen = celery_config(Settings(broker_url=None, worker_prefetch_multiplier=1), "postgresql://d")
     assert chosen["worker_prefetch_multiplier"] == 1
+
+
+def test_children_are_replaced_only_where_torch_fragments_their_heap() -> None:
+    def per_child(**settings: object) -> object:
+        return celery_config(Settings(**settings), "postgresql://d")["worker_max_tasks_per_child"]
+
+    assert per_child(embedder="local") == 25
+    assert per_child(embedder="none") is None and per_child(embedder="openai") is None
+    assert per_child(embedder="none", worker_max_tasks_per_child=7) == 7  # an explicit choice wins
+    assert per_child(embedder="local", worker_max_tasks_per_child=0) is None  # 0: never replaced
