@@ -10,8 +10,10 @@ from celery.signals import worker_init, worker_process_init
 from kombu.transport import sqlalchemy as sqla_transport
 
 from pipeline.storage.db import dispose_engines, migrate
-from tasks import context
+from tasks import context, prefork
 from tasks.config import celery_config
+
+prefork.install()
 
 # kombu's SQLAlchemy transport (the embedded broker) sleeps this long whenever a poll finds nothing it
 # may take, including while every pool child is busy: with its default of 1 s a worker took at most
