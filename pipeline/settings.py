@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, description="Celery broker (e.g. redis://...); unset: kombu's SQLAlchemy transport."
     )
-    window_size: int = Field(default=200, ge=1, le=5000, description="Messages per window.")
+    # Each window costs five task hops through the broker and a few statements per stage whatever its
+    # size: at 200 they were ~13% of a 10k import's run, at 500 a third of that (docs/PERFORMANCE.md,
+    # seventh round). Its messages' bytes are what a stage holds in memory at once.
+    window_size: int = Field(default=500, ge=1, le=5000, description="Messages per window.")
     windows_in_flight: int = Field(default=4, ge=1, le=256, description="Windows in flight per account.")
     embedder: Literal["local", "openai", "none"] = Field(
         default="local", description="'local' (MiniLM on CPU), 'openai' (the AI endpoint's /v1/embeddings) or 'none'."
