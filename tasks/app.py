@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from kombu.transport import sqlalchemy as sqla_transport
 
 from pipeline.storage.db import dispose_engines, migrate
@@ -69,6 +69,11 @@ def _after_fork(**_: object) -> None:
     dispose_engines()
     _forget_broker_connections()
     logging.getLogger("pipeline").setLevel(logging.INFO)
+
+
+@worker_process_shutdown.connect
+def _child_exiting(exitcode: int = 0, **_: object) -> None:
+    prefork.child_exiting(exitcode)
 
 
 def _forget_broker_connections() -> None:

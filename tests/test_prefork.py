@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from billiard import pool as billiard_pool
 
 import tasks.app  # noqa: F401  (installs the clock, as every worker does)
-from tasks.prefork import CLOCK, PoolClock, install
+from tasks.prefork import CLOCK, PoolClock, child_exiting, install
 
 
 def test_a_sleep_ends_when_the_pool_starts_closing() -> None:
@@ -22,6 +22,13 @@ def test_a_sleep_ends_when_the_pool_starts_closing() -> None:
     sleeper.join(timeout=10)
     assert not sleeper.is_alive()
     assert clock.monotonic is time.monotonic  # the rest of the time module is the real one
+
+
+def test_a_child_lingers_only_when_it_is_being_replaced() -> None:
+    replaced, leaving = PoolClock(), PoolClock()
+    child_exiting(billiard_pool.EX_RECYCLE, replaced)  # the pool goes on: its 1 s sleep stays
+    child_exiting(billiard_pool.EX_FAILURE, leaving)  # the pool's sentinel (or a failure): no sleep
+    assert not replaced.closing.is_set() and leaving.closing.is_set()
 
 
 def test_install_wraps_close_and_terminate_once() -> None:
