@@ -40,9 +40,10 @@ NOT_READY_COUNTDOWN = 2.0
 # up at once instead of waiting: the run finishes, the next sync can start, and the enrichment sweep
 # resumes them when the endpoint is back (pipeline.enrichment).
 AI_STAGES = frozenset({"embed", "insight"})
-# Stages whose work commits as it goes (fetch batches, embed slices): on the soft time limit what is
-# done stays done and the rest is re-queued with limits sized to it. Others fail the window's stage.
-RESUMABLE_STAGES = frozenset({"ingest", "embed"})
+# Stages whose work commits as it goes (fetch batches, embed slices, LLM insights thread by thread): on
+# the soft time limit what is done stays done and the rest is re-queued with limits sized to it. Others
+# fail the window's stage.
+RESUMABLE_STAGES = frozenset({"ingest", "embed", "insight"})
 
 
 def _run(task: Task, window_id: int, stage: str, work: StageWork,

@@ -163,6 +163,37 @@ def test_an_embed_task_past_its_soft_limit_keeps_its_progress_and_the_rest_is_re
     assert hashes == summary["chunks_embedded"]
 
 
+def test_an_llm_insight_task_past_its_soft_limit_keeps_its_threads_and_the_rest_is_requeued(
+        engine: Engine, ai_server: OpenAIServer, ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
+    # A slow endpoint (0.4 s a chat call) and a 3 s insight limit: a window of 60 messages asks for more
+    # threads than one task has time for, so its insights take several tasks, each keeping the threads
+    # it finished. Before insight was resumable the first soft limit failed the window's stage.
+    ai_server.faults.update(down=False, latency=0.4)
+    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_EMBEDDER": "none", "MAILPIPE_INSIGHTS": "llm",
+           "MAILPIPE_TIMEOUT_INSIGHT_BASE": "3", "MAILPIPE_TIMEOUT_INSIGHT_PER_UNIT": "0",
+           "MAILPIPE_MAX_DELIVERIES": "40"}
+    worker = celery_worker(env, tmp_path / "worker.log", name="insight-soft-limit")
+    worker.start()
+    try:
+        summary = _import(env, sample_mbox)
+    finally:
+        worker.stop()
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert summary["status"] == "done" and summary["failed_windows"] == 0, (summary, log[-3000:])
+    assert summary["enrichment_owed"] == 0, summary
+    assert "Soft time limit" in log, log[-3000:]
+    with engine.connect() as conn:
+        attempts = conn.execute(text("SELECT (attempts->>'insight')::int FROM windows")).scalars().all()
+        unmarked = conn.execute(text("SELECT count(*) FROM messages WHERE insight_at IS NULL")).scalar()
+        failures = conn.execute(text("SELECT count(*) FROM failures")).scalar()
+        insights = dict(conn.execute(text(
+            "SELECT CASE WHEN i.source LIKE 'llm:%' THEN 'llm' ELSE i.source END, count(*) "
+            "FROM threads t LEFT JOIN insights i ON i.thread_id = t.id WHERE t.message_count > 0 GROUP BY 1")).all())
+    assert max(attempts) > 1, attempts  # re-queued at least once
+    assert unmarked == 0 and failures == 0
+    assert None not in insights and insights.get("llm", 0) > 0, insights
+
+
 def test_enrich_resumes_owed_enrichment_when_asked(engine: Engine, ai_server: OpenAIServer,
                                                    ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
     # No beat: only `mailpipe enrich` resumes what the outage left owed.

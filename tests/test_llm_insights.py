@@ -25,6 +25,7 @@ from pipeline.runs import StageClaim
 from pipeline.settings import Settings
 from pipeline.stages.insight import insight_pending, insight_tools_for
 from pipeline.stages.runner import StageRetry
+from pipeline.stages.workload import stage_units
 from pipeline.testing.openai_server import OpenAIServer, count_tokens
 from tests.insight_support import (
     INJECTED_SUMMARY,
@@ -179,6 +180,39 @@ def test_429_with_retry_after_goes_to_the_stage_retry_and_charges_nothing(engine
     server.faults.update(rate_limit_rate=0.0)
     assert run_insight(engine, settings, wid).outcome == "done"
     assert insights_by_subject(engine)["Quarterly report"]["source"] == "llm:gpt-4o-mini"
+
+
+def test_each_thread_is_marked_with_its_insight_so_a_stopped_stage_resumes_with_the_rest(
+        engine: Engine, server: OpenAIServer) -> None:
+    plan = mail("p1", "Project plan", "Can you review the plan by Monday?", sender="Cy <cy@example.org>", hour=12)
+    settings = llm_settings(server)
+    _, wid = normalized_window(engine, [*LUNCH, REPORT, plan])
+    owed = stage_units(engine, settings, wid, "insight")
+    answer = content_responder()
+
+    def first_then_rate_limited(body: dict[str, Any]) -> str:
+        server.faults.update(rate_limit_rate=1.0)  # every call after this one is refused
+        return answer(body)
+
+    server.responder = first_then_rate_limited
+    with pytest.raises(StageRetry):  # stopped after one thread, as a soft time limit would stop it
+        run_insight(engine, settings, wid)
+    with engine.connect() as conn:
+        marked = dict(conn.execute(text(
+            "SELECT m.subject, m.insight_at IS NOT NULL FROM messages m JOIN window_items w ON w.message_id = m.id "
+            "WHERE w.window_id = :w"), {"w": wid}).all())
+    # The answered thread's messages are marked with its insight; the others wait for the next try.
+    assert marked == {"Lunch on Friday": True, "Re: Lunch on Friday": True, "Quarterly report": False,
+                      "Project plan": False}
+    assert 0 < stage_units(engine, settings, wid, "insight") < owed  # the re-queue test in tasks.stages
+    server.faults.update(rate_limit_rate=0.0)
+    server.responder = answer
+    asked_before = len(chat_requests(server))
+    assert run_insight(engine, settings, wid).outcome == "done"
+    retried = chat_requests(server)[asked_before:]
+    assert len(retried) == 2 and not any("Lunch on Friday" in json.dumps(r) for r in retried)
+    got = insights_by_subject(engine)
+    assert {got[s]["source"] for s in ("Lunch on Friday", "Quarterly report", "Project plan")} == {"llm:gpt-4o-mini"}
 
 
 @pytest.fixture

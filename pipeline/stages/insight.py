@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, Table, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ from pipeline.runs import StageClaim, record_failure
 from pipeline.settings import Settings
 from pipeline.stages.normalize import mark_messages, window_message_rows
 from pipeline.storage.db import transaction
-from pipeline.storage.models import Insight, Message, Thread
+from pipeline.storage.models import Insight, Message, Thread, WindowItem
 
 log = logging.getLogger(__name__)
 
@@ -128,23 +128,40 @@ def _refresh_llm(engine: Engine, claim: StageClaim, thread_id: int, tools: Insig
             _lock_threads(s, [thread_id])
             subject, messages, current = _thread_state(s, thread_id)
             fresh = plan_thread(subject, messages, current, tools.options) if messages else None
+            outcome: str | None = None
             if fresh is None or fresh.action == "covered":
-                return "covered"
-            if fresh.action == "rules":
+                outcome = "covered"
+            elif fresh.action == "rules":
                 _upsert(s, claim.account_id, thread_id, fresh.rules)
-                return "rules"
-            if current != coverage:
+                outcome = "rules"
+            elif current != coverage:
                 continue  # another window wrote a newer insight while we asked: ours may cover less
-            if answered is not None:
+            elif answered is not None:
                 _upsert(s, claim.account_id, thread_id, _llm_result(answered, llm.source), plan=plan)
-                return "llm_incremental" if plan.incremental else "llm"
-            if problem is not None:
+                outcome = "llm_incremental" if plan.incremental else "llm"
+            elif problem is not None:
                 record_failure(s, claim.account_id, claim.run_id, claim.window_id, f"thread:{thread_id}",
                                "insight", PERMANENT, f"LLM insight: {problem}")
                 if current is None or not current.source.startswith("llm:"):
                     _upsert(s, claim.account_id, thread_id, fresh.rules)
-                return "invalid"
+                outcome = "invalid"
+            if outcome is not None:
+                _mark_thread_done(s, claim.window_id, thread_id)
+                return outcome
     return "contended"
+
+
+def _mark_thread_done(session: Session, window_id: int, thread_id: int) -> None:
+    """Mark the window's messages of a thread whose insight is written, with it. At a few seconds per
+    thread, a window's LLM calls can outlast the task's soft time limit: what is marked stays done, the
+    stage's units drop, and the task re-queued for the rest (tasks.stages) asks only for the others."""
+    session.execute(
+        update(Message)
+        .where(Message.thread_id == thread_id, Message.insight_at.is_(None),
+               Message.id.in_(select(WindowItem.message_id).where(WindowItem.window_id == window_id)))
+        .values(insight_at=func.now())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _rules_where_missing(engine: Engine, account_id: int, thread_ids: list[int]) -> None:
