@@ -2,9 +2,10 @@
 
 Rules only (`insight_window`): one transaction for the window, as every other stage.
 
-LLM (`insight_pending`, then `mark_insights`): thread by thread, each committed when it is done, so a
-retry, a deferral to the enrichment sweep or a soft time limit loses no answer already paid for, and a
-call is never made while a transaction is open. Header rules come first (bulk threads never reach the
+LLM (`insight_pending`, then `mark_insights`): thread by thread, each committed when it is done with its
+messages of the window marked, so a retry, a deferral to the enrichment sweep or a soft time limit loses
+no answer already paid for and the next task asks only for the rest; a call is never made while a
+transaction is open. Header rules come first (bulk threads never reach the
 LLM); a thread whose summary already covers all its messages costs nothing; otherwise only the messages
 after what the summary covers are sent with it (`pipeline.insights.plan`). An answer that stays invalid
 after one retry leaves a failure row for the thread, which keeps its rules insight (or its earlier LLM
