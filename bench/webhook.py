@@ -111,10 +111,11 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 90.0
     raise RuntimeError("mailpipe serve did not become healthy")
 
 
-def _request(tenant: Tenant, n: int, rng: random.Random) -> tuple[bytes, dict[str, str]]:
+def _request(tenant: Tenant, n: int, signed: bool) -> tuple[bytes, dict[str, str]]:
+    """Request `n`'s body and headers, made when it is sent (a signature's timestamp is the send time)."""
     from pipeline.api_auth import sign
 
-    if rng.random() < SIGNED_SHARE:
+    if signed:
         # A distinct body per request (whitespace is JSON too): the same second's signatures all differ.
         body = ("{" + " " * (n % 4096) + "}").encode()
         ts = int(time.time())
@@ -134,26 +135,34 @@ async def _load(base: str, tenants: list[Tenant], rate: float, seconds: float, c
     late = 0
     answered = 0
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # At most `connections` requests are handed to httpx at once; the rest wait here, still timed from
+    # when they were due (an open loop: a slow server is not given fewer requests). Handed to httpx all
+    # at once, a stall of the server queued thousands in its pool, whose every hand-over scans that
+    # queue: the generator spent a whole core on it, sent 34-68 requests/s and timed its own backlog
+    # (three runs in eleven, session 12; py-spy: httpcore's _assign_requests_to_connections).
+    in_flight = asyncio.Semaphore(connections)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
         start = time.perf_counter()
 
-        async def one(i: int) -> None:
+        async def one(i: int, signed: bool) -> None:
             nonlocal late, answered
             due = start + i / rate
             tenant = tenants[i % len(tenants)]
-            body, headers = _request(tenant, i, rng)
-            if time.perf_counter() - due > 0.010:
-                late += 1
-            try:
-                response = await client.post(f"/v1/accounts/{tenant.email}/sync", content=body, headers=headers)
-                if response.status_code == 202:
-                    answered += 1
-                else:
-                    key = f"http {response.status_code}"
+            async with in_flight:
+                if time.perf_counter() - due > 0.010:
+                    late += 1
+                body, headers = _request(tenant, i, signed)
+                try:
+                    response = await client.post(f"/v1/accounts/{tenant.email}/sync", content=body,
+                                                 headers=headers)
+                    if response.status_code == 202:
+                        answered += 1
+                    else:
+                        key = f"http {response.status_code}"
+                        errors[key] = errors.get(key, 0) + 1
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
                     errors[key] = errors.get(key, 0) + 1
-            except httpx.HTTPError as exc:
-                key = type(exc).__name__
-                errors[key] = errors.get(key, 0) + 1
             latencies.append((time.perf_counter() - due) * 1000)
 
         tasks = []
@@ -161,7 +170,7 @@ async def _load(base: str, tenants: list[Tenant], rate: float, seconds: float, c
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
+            tasks.append(asyncio.create_task(one(i, rng.random() < SIGNED_SHARE)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
