@@ -31,7 +31,7 @@ class Settings(BaseSettings):
         default=None, description="Celery broker (e.g. redis://...); unset: kombu's SQLAlchemy transport."
     )
     # Each window costs five task hops through the broker and a few statements per stage whatever its
-    # size: at 200 they were ~13% of a 10k import's run, at 500 a third of that (docs/PERFORMANCE.md,
+    # size: from 200 to 500, a 10k import's run went from 12.0-13.0 s to 10.6-10.8 s (docs/PERFORMANCE.md,
     # seventh round). Its messages' bytes are what a stage holds in memory at once.
     window_size: int = Field(default=500, ge=1, le=5000, description="Messages per window.")
     windows_in_flight: int = Field(default=4, ge=1, le=256, description="Windows in flight per account.")
