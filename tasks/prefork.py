@@ -8,29 +8,50 @@ stopping worker; docs/PERFORMANCE.md, seventh round). Here those sleeps end earl
 closing, and a child leaving for any reason but its own replacement does not linger. Nothing else
 changes: the pool still closes, drains its results and joins its children exactly as before, a
 child still reports its exit before it goes, and until then every sleep lasts exactly as long.
+
+"Closing" is signalled once a pool thread's own state says so, so that a woken supervisor leaves
+instead of forking one more child. And in billiard's own pool the supervisor then stays until its
+children have exited: Celery gives every child a parent-death signal of SIGKILL, which Linux sends
+when the thread that forked it ends, and the supervisor forks every replacement. Leaving at once, it
+killed them; about one warm shutdown in five of a 2k import then hung until the CLI killed the pool
+30 s later (a child had died holding the task queue's read lock; see outlive_children).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from typing import Any
 
 from billiard import pool as billiard_pool
 
+log = logging.getLogger(__name__)
+
+# Once closing, a sleep lasts at most this: the timeout handler loops on 1 s sleeps until its pool is
+# finalized, and with no sleep at all it spun a core while the children finished their last tasks.
+CLOSING_STEP = 0.02
+
 
 class PoolClock:
     """Stands in for the `time` module inside billiard.pool: `sleep` returns early once `closing` is set
-    (in the process whose pool is closing; a forked child gets its own, unset, copy)."""
+    (in the process whose pool is closing; a forked child starts with a new, unset, one)."""
 
     def __init__(self) -> None:
         self.closing = threading.Event()
 
     def sleep(self, seconds: float) -> None:
-        if seconds <= 0 or self.closing.is_set():
+        if seconds <= 0:
             time.sleep(0)  # still yields the GIL, as time.sleep(0) does
-            return
-        self.closing.wait(seconds)
+        elif self.closing.is_set():
+            time.sleep(min(seconds, CLOSING_STEP))
+        else:
+            self.closing.wait(seconds)
+
+    def reset(self) -> None:
+        """A new Event: a child forked while a pool thread was inside `wait` would inherit its lock held."""
+        self.closing = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -47,19 +68,74 @@ def child_exiting(exitcode: int, clock: PoolClock = CLOCK) -> None:
         clock.closing.set()
 
 
-def install(pool_class: Any = billiard_pool.Pool, module: Any = billiard_pool, clock: PoolClock = CLOCK) -> None:
-    """Route `module`'s sleeps through `clock` and set it when a `pool_class` starts closing. Idempotent."""
+def outlive_children(supervisor: Any, blocking_pool: Any = billiard_pool.Pool) -> None:
+    """After billiard's supervisor loop ends (its pool closing), stay until every child has exited:
+    in billiard's own pool (`blocking_pool`, the one Celery runs on a broker without an event loop, as
+    the embedded SQL broker is), where closing has sent the children their sentinels already.
+
+    The supervisor thread forks every replacement child, and Celery gives each child a parent-death
+    signal of SIGKILL, which Linux sends when the *thread* that forked it ends. Leaving at once, the
+    supervisor killed the children it had forked: a task running in one was lost to the warm shutdown
+    meant to finish it, and a child waiting for its next task died holding the task queue's read lock,
+    on which billiard's last clean-up then hung (py-spy; exit codes -9). Terminating ends the wait: the
+    children are about to be terminated anyway, after this thread is joined. Celery's AsynPool (Redis)
+    sends its sentinels only after this thread is joined: waiting there would never end."""
+    pool = supervisor.pool
+    if type(pool) is not blocking_pool:
+        return
+    while supervisor._state != billiard_pool.TERMINATE and pool._state != billiard_pool.TERMINATE:
+        if all(p._popen is None or p.exitcode is not None for p in list(pool._pool)):
+            return
+        time.sleep(CLOSING_STEP)
+
+
+LOCK_WAIT = 0.5
+
+
+def help_stuff_finish(inqueue: Any, task_handler: Any, pool: list[Any]) -> None:
+    """billiard's `Pool._help_stuff_finish` (the pool's last clean-up, at the worker's exit), except that a
+    task-queue read lock held by a child that is gone no longer hangs it forever.
+
+    A child holds that lock while it waits for its next task, and one that dies waiting (a signal) never
+    releases it. Once every child has exited, nothing else reads the queue: go on without the lock."""
+    while not inqueue._rlock.acquire(timeout=LOCK_WAIT):
+        if all(p._popen is None or p.exitcode is not None for p in pool):
+            log.warning("the pool's task queue was left locked by a child that is gone (exit codes %s); "
+                        "finishing without it", [p.exitcode for p in pool])
+            break
+    while task_handler.is_alive() and inqueue._reader.poll():
+        inqueue._reader.recv()
+        time.sleep(0)
+
+
+def install(thread_class: Any = billiard_pool.PoolThread, module: Any = billiard_pool,
+            clock: PoolClock = CLOCK, pool_class: Any = billiard_pool.Pool,
+            supervisor_class: Any = billiard_pool.Supervisor) -> None:
+    """Route `module`'s sleeps through `clock`, and set it when one of the pool's threads (`thread_class`)
+    is told to close or terminate: after the thread's own state has changed, so the supervisor, woken, sees
+    it and leaves instead of forking one more child while its pool closes. Idempotent."""
     if isinstance(module.time, PoolClock):
         return
     module.time = clock
+    pool_class._help_stuff_finish = staticmethod(help_stuff_finish)
+    supervise = supervisor_class.body
+
+    def body(self: Any) -> None:
+        supervise(self)
+        outlive_children(self, pool_class)
+
+    supervisor_class.body = body
+    os.register_at_fork(after_in_child=clock.reset)
     for name in ("close", "terminate"):
-        original = getattr(pool_class, name)
+        original = getattr(thread_class, name)
 
         def stopping(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            clock.closing.set()
-            return _original(self, *args, **kwargs)
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                clock.closing.set()
 
-        setattr(pool_class, name, stopping)
+        setattr(thread_class, name, stopping)
 
 
 __all__ = ["CLOCK", "PoolClock", "child_exiting", "install"]

@@ -1,15 +1,20 @@
-"""tasks.prefork: billiard's pool threads stop sleeping once their pool is closing."""
+"""tasks.prefork: billiard's pool threads stop sleeping once their pool is closing, and its children outlive them."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import pytest
 from billiard import pool as billiard_pool
 
 import tasks.app  # noqa: F401  (installs the clock, as every worker does)
-from tasks.prefork import CLOCK, PoolClock, child_exiting, install
+from tasks.prefork import CLOCK, CLOSING_STEP, PoolClock, child_exiting, help_stuff_finish, install, outlive_children
 
 
 def test_a_sleep_ends_when_the_pool_starts_closing() -> None:
@@ -31,25 +36,60 @@ def test_a_child_lingers_only_when_it_is_being_replaced() -> None:
     assert not replaced.closing.is_set() and leaving.closing.is_set()
 
 
-def test_install_wraps_close_and_terminate_once() -> None:
-    calls: list[str] = []
+def test_once_closing_a_sleep_is_short_but_not_a_spin() -> None:
+    clock = PoolClock()
+    clock.closing.set()
+    started = time.monotonic()
+    for _ in range(5):
+        clock.sleep(60.0)  # the timeout handler's loop, once its pool closes
+    elapsed = time.monotonic() - started
+    assert 5 * CLOSING_STEP * 0.9 <= elapsed < 5.0  # each waits a step: no thread spins a core meanwhile
 
-    class Pool:
+
+def test_install_sets_the_clock_after_a_pool_thread_has_changed_state_once() -> None:
+    seen: list[tuple[str, bool]] = []
+    clock = PoolClock()
+
+    class Thread:
+        _state = "run"
+
         def close(self) -> str:
-            calls.append("close")
+            self._state = "close"
+            seen.append(("close", clock.closing.is_set()))
             return "closed"
 
         def terminate(self) -> None:
-            calls.append("terminate")
+            self._state = "terminate"
+            seen.append(("terminate", clock.closing.is_set()))
 
-    module, clock = SimpleNamespace(time=time), PoolClock()
-    install(Pool, module, clock)
-    install(Pool, module, clock)  # a second install changes nothing
+    module, pool, supervisor = SimpleNamespace(time=time), type("Pool", (), {}), type("Supervisor", (), {"body": id})
+    install(Thread, module, clock, pool, supervisor)
+    install(Thread, module, clock, pool, supervisor)  # a second install changes nothing
     assert module.time is clock and not clock.closing.is_set()
-    assert Pool().close() == "closed" and calls == ["close"]  # the original still runs, once
+    # The original runs once, and before the clock wakes anyone: the supervisor, woken, must find its
+    # state changed already, or it forks another child into a pool that is closing.
+    assert Thread().close() == "closed" and seen == [("close", False)]
     assert clock.closing.is_set()
-    Pool().terminate()
-    assert calls == ["close", "terminate"]
+    Thread().terminate()
+    assert seen == [("close", False), ("terminate", True)]
+
+
+def test_a_forked_child_starts_with_a_clock_that_is_not_closing() -> None:
+    clock = PoolClock()
+    install(type("Thread", (), {"close": lambda self: None, "terminate": lambda self: None}),
+            SimpleNamespace(time=time), clock, type("Pool", (), {}), type("Supervisor", (), {"body": id}))
+    clock.closing.set()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running pytest's teardown
+        os.write(write, b"1" if clock.closing.is_set() else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"0"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
 
 
 def test_a_real_pool_closes_and_joins_with_the_clock_installed() -> None:
@@ -66,3 +106,64 @@ def test_a_real_pool_closes_and_joins_with_the_clock_installed() -> None:
     finally:
         pool.terminate()
         CLOCK.closing.clear()  # this test process's other pools sleep as before
+
+
+def _take_the_read_lock(queue: Any, locked: Any) -> None:
+    queue._rlock.acquire()  # what a child waiting for its next task holds
+    locked.set()
+    time.sleep(60)
+
+
+def test_the_last_clean_up_goes_on_once_the_child_holding_the_queue_lock_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert billiard_pool.Pool._help_stuff_finish is help_stuff_finish  # tasks.app installed it
+    ctx = billiard_pool.get_context("fork")
+    queue, locked = ctx.SimpleQueue(), ctx.Event()
+    child = ctx.Process(target=_take_the_read_lock, args=(queue, locked), daemon=True)
+    child.start()
+    assert locked.wait(30)
+    finished = threading.Event()
+    no_task_handler = SimpleNamespace(is_alive=lambda: False)
+    helper = threading.Thread(target=lambda: (help_stuff_finish(queue, no_task_handler, [child]), finished.set()),
+                              daemon=True)
+    helper.start()
+    time.sleep(1.5)
+    assert not finished.is_set()  # while the child lives it waits for the lock, as billiard's does
+    os.kill(child.pid, signal.SIGKILL)  # dies holding it: billiard's own would wait forever
+    child.join(10)
+    helper.join(10)
+    assert finished.is_set()
+    assert "left locked by a child that is gone (exit codes [-9])" in caplog.text
+
+
+def _parent_death_signal_as_celery_sets_it() -> None:
+    from celery import platforms
+
+    platforms.set_pdeathsig("SIGKILL")  # what Celery's process_initializer does in every child
+
+
+def _pid_after(marker: str, seconds: float) -> int:
+    Path(marker).write_text("started")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_child_the_supervisor_forked_finishes_its_task_when_the_pool_closes(tmp_path: Path) -> None:
+    assert billiard_pool.Supervisor.body.__name__ == "body" and outlive_children  # tasks.app installed it
+    pool = billiard_pool.Pool(processes=1, maxtasksperchild=1, initializer=_parent_death_signal_as_celery_sets_it)
+    try:
+        first = pool.apply_async(os.getpid).get(timeout=30)  # that child leaves; the supervisor forks the next
+        marker = tmp_path / "started"
+        busy = pool.apply_async(_pid_after, (str(marker), 1.5))
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the replacement child never started the task"
+            time.sleep(0.02)
+        pool.close()  # a warm shutdown: the running task must finish
+        pool.join()
+        # Killed with the supervisor thread that forked it, the child would never answer (WorkerLostError).
+        assert busy.get(timeout=30) != first
+    finally:
+        pool.terminate()
+        CLOCK.closing.clear()
