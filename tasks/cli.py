@@ -1,5 +1,5 @@
-"""The `mailpipe` command line: import, sync, status, search, contacts, insights, serve, demo; beat and
-flower."""
+"""The `mailpipe` command line: import, sync, status, search, contacts, insights, serve, demo; worker, beat
+and flower."""
 
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ class ProgressView:
 def _do_import(settings: Settings, path: Path, account: str | None, as_json: bool) -> ImportSummary:
     open_mbox(path)  # bad input fails here, before any server, worker or row exists
     with runtime(settings, workers=True) as rt:
+        _announce_workers(rt)
         rt.resume_owed_enrichment()
         if as_json:
             return _import(rt, path, account, None)
@@ -110,8 +111,15 @@ def _do_import(settings: Settings, path: Path, account: str | None, as_json: boo
             return _import(rt, path, account, view.tick)
 
 
+def _announce_workers(rt: Runtime) -> None:
+    """Say on stderr (--json or not) when the work goes to a running `mailpipe worker`: its settings apply."""
+    if rt.standing is not None:
+        err.print(f"handing the work to the running mailpipe worker (pid {rt.standing.pid}, "
+                  f"{rt.standing.concurrency} process(es); log: {rt.standing.log_path})", highlight=False)
+
+
 def _import(rt: Runtime, path: Path, account: str | None, tick: Any) -> ImportSummary:
-    return import_mbox(rt.engine, rt.settings, path, account, rt.dispatch, on_tick=tick, alive=rt.alive_check)
+    return import_mbox(rt.engine, rt.settings, path, account, rt.dispatch, on_tick=tick, alive=rt.restart_check)
 
 
 def _print_summary(summary: ImportSummary) -> None:
@@ -310,19 +318,20 @@ def accounts_webhook_secret(email: str = typer.Argument(...), as_json: bool = Js
               f'{SIGNATURE_HEADER}: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>', highlight=False)
 
 
-def _do_sync(settings: Settings, email: str, mode: str, as_json: bool) -> SyncSummary:
+def _do_sync(settings: Settings, email: str, mode: str, as_json: bool, *, standing: bool = True) -> SyncSummary:
     from pipeline.accounts import account_id_for, gmail_client
     from pipeline.syncing import sync_account
 
     with runtime(settings) as rt:  # an unknown account, a missing key or a bad grant fail before workers start
         account_id = account_id_for(rt.engine, email)
         gmail_client(rt.engine, rt.settings, account_id)
-    with runtime(settings, workers=True) as rt:
+    with runtime(settings, workers=True, standing=standing) as rt:
+        _announce_workers(rt)
         client = gmail_client(rt.engine, rt.settings, account_id)
 
         def run(tick: Any) -> SyncSummary:
             return sync_account(rt.engine, rt.settings, account_id, client, rt.dispatch, mode=mode,
-                                on_tick=tick, alive=rt.alive_check)
+                                on_tick=tick, alive=rt.restart_check)
 
         if as_json:
             return run(None)
@@ -632,10 +641,11 @@ def _enrich_owed(settings: Settings, account: str | None, as_json: bool) -> None
     from tasks.chains import dispatch_stage
 
     with runtime(settings, workers=True) as rt:
+        _announce_workers(rt)
         account_id = resolve_account(rt.engine, account)[0] if account else None
 
         def resume(tick: Any = None) -> Any:
-            return resume_owed(rt.engine, dispatch_stage, account_id=account_id, alive=rt.alive_check,
+            return resume_owed(rt.engine, dispatch_stage, account_id=account_id, alive=rt.running_check,
                                endpoint_open=lambda: endpoint_wait(settings, rt.engine), on_tick=tick)
 
         if as_json:
@@ -761,7 +771,8 @@ def _demo_gmail(sample: Path, as_json: bool) -> SyncSummary:
         if not as_json:
             err.print(f"demo Gmail server at {server.base_url} serving {len(server.mailbox(DEMO_ACCOUNT).ids())} "
                       "messages; syncing through the Gmail API path")
-        summary = _do_sync(settings, DEMO_ACCOUNT, "auto", as_json)
+        # Its own pool: a running `mailpipe worker` would fetch from Gmail itself, not from this server.
+        summary = _do_sync(settings, DEMO_ACCOUNT, "auto", as_json, standing=False)
         stats = server.stats(DEMO_ACCOUNT)
     if not as_json:
         err.print(f"server side: {sum(stats['calls'].values())} calls, {stats['units']} quota units, "
@@ -772,6 +783,41 @@ def _demo_gmail(sample: Path, as_json: bool) -> SyncSummary:
 # ------------------------------------------------------------------ long-running services
 
 PassThrough = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command()
+def worker(
+    concurrency: int | None = typer.Option(None, "--concurrency", "-c", min=1,
+                                           help="Worker processes (default: MAILPIPE_WORKER_CONCURRENCY, or "
+                                           "one per core)."),
+) -> None:
+    """Keep a worker pool running for this data folder until Ctrl-C.
+
+    `mailpipe import`, `sync` and `enrich` started meanwhile hand their work to it instead of booting a
+    pool of their own for their length (seconds with the local embedder: torch's import), and start
+    one if it stops while they wait. The work follows this pool's settings (embedder, AI endpoint)."""
+    import os
+
+    from tasks.runtime import own_pool
+    from tasks.workers import standing_lock
+
+    if concurrency is not None:
+        os.environ["MAILPIPE_WORKER_CONCURRENCY"] = str(concurrency)  # its children size torch's threads by it
+    settings = Settings()
+    with runtime(settings) as rt, standing_lock(settings.home, rt.broker_url, settings.worker_concurrency,
+                                                settings.home / "logs" / "worker.log") as me:
+        pool = own_pool(settings)
+        pool.start()
+        err.print(f"worker pool of {me.concurrency} process(es) running for {settings.home} (pid {me.pid}); "
+                  f"log: {me.log_path}; Ctrl-C stops it once its running tasks finish", highlight=False)
+        try:
+            while True:
+                time.sleep(1.0)
+                pool.check()  # restarted if it died; WorkerPoolError after too many restarts
+        except KeyboardInterrupt:
+            err.print("stopping the worker pool (running tasks finish first)")
+        finally:
+            pool.stop()
 
 
 @app.command(context_settings=PassThrough)

@@ -1,12 +1,18 @@
-"""The worker pool the CLI runs itself when no broker is configured (the embedded default)."""
+"""The worker pool the CLI runs itself when no broker is configured (the embedded default), and the
+lock by which a long-running `mailpipe worker` tells later commands to hand their work to its pool."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import MailpipeError
@@ -47,6 +53,9 @@ class WorkerPool:
         )
         log.close()
 
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def check(self) -> bool:
         """True when the pool had died and was restarted; raises after too many restarts."""
         if self.process is None or self.process.poll() is None:
@@ -70,3 +79,83 @@ class WorkerPool:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+STANDING_LOCK = "worker.lock"  # in MAILPIPE_HOME
+
+
+@dataclass(frozen=True)
+class StandingWorker:
+    """A `mailpipe worker` serving a data folder, as written into the lock file it holds."""
+
+    pid: int
+    broker_url: str
+    concurrency: int
+    log_path: str
+    lock_path: str
+
+    def running(self) -> bool:
+        """Still holding its lock: gone however it ended (a crash or SIGKILL releases the lock too)."""
+        return _lock_held(Path(self.lock_path))
+
+
+def find_standing_worker(home: Path, broker_url: str) -> StandingWorker | None:
+    """The `mailpipe worker` of this data folder, if one is running on this broker."""
+    path = home / STANDING_LOCK
+    if not _lock_held(path):
+        return None
+    try:
+        found = StandingWorker(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):  # written a moment after the lock is taken
+        return None
+    return found if found.broker_url == broker_url else None
+
+
+@contextmanager
+def standing_lock(home: Path, broker_url: str, concurrency: int, log_path: Path) -> Iterator[StandingWorker]:
+    """Hold this data folder's worker lock for as long as the block runs; ConfigError if another holds it.
+
+    flock, not a pid file: the kernel drops the lock with its process, so a killed worker never leaves
+    later commands waiting on a pool that is not there."""
+    from pipeline.errors import ConfigError
+
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / STANDING_LOCK
+    handle = path.open("a+")
+    try:
+        deadline = time.monotonic() + 1.0  # a command checking the lock holds it for a moment
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    held = find_standing_worker(home, broker_url)
+                    who = f" (pid {held.pid})" if held else ""
+                    raise ConfigError(f"a mailpipe worker is already running for {home}{who}") from None
+                time.sleep(0.05)
+        me = StandingWorker(os.getpid(), broker_url, concurrency, str(log_path), str(path))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(asdict(me)))
+        handle.flush()
+        try:
+            yield me
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        handle.close()  # releases the lock
+
+
+def _lock_held(path: Path) -> bool:
+    try:
+        handle = path.open("r")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -194,27 +194,27 @@ def test_an_llm_insight_task_past_its_soft_limit_keeps_its_threads_and_the_rest_
     assert None not in insights and insights.get("llm", 0) > 0, insights
 
 
-def test_enrich_resumes_owed_enrichment_when_asked(engine: Engine, ai_server: OpenAIServer,
-                                                   ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
-    # No beat: only `mailpipe enrich` resumes what the outage left owed.
-    env = {**ai_env, "MAILPIPE_INSIGHTS": "rules"}
-    worker = celery_worker(env, tmp_path / "worker.log", name="enrich")
-    worker.start()
-    try:
-        summary = _import(env, sample_mbox)
-        assert summary["enrichment_owed"] > 0, summary
-        ai_server.faults.update(down=False)
-        time.sleep(3.5)  # the breaker's reset: its next call is the half-open probe
-        result = subprocess.run([sys.executable, "-m", "tasks.cli", "enrich", "--json"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
-        with engine.connect() as conn:
-            why = conn.execute(text("SELECT stage, error_class, reason FROM failures")).all()
-        assert result.returncode == 0, (result.stdout, result.stderr[-3000:], why)
-        enriched = json.loads(result.stdout)
-        again = subprocess.run([sys.executable, "-m", "tasks.cli", "enrich", "--json"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=300)
-    finally:
-        worker.stop()
+def _outage_then_enrich(engine: Engine, ai_server: OpenAIServer, env: dict[str, str],
+                        sample_mbox: Path) -> tuple[dict[str, Any], dict[str, Any], subprocess.CompletedProcess[str]]:
+    """Import while the endpoint is down, bring it back, `mailpipe enrich` twice: the import's summary,
+    the first enrich's result and the second's process."""
+    summary = _import(env, sample_mbox)
+    assert summary["enrichment_owed"] > 0, summary
+    ai_server.faults.update(down=False)
+    time.sleep(3.5)  # the breaker's reset: its next call is the half-open probe
+    result = subprocess.run([sys.executable, "-m", "tasks.cli", "enrich", "--json"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    with engine.connect() as conn:
+        why = conn.execute(text("SELECT stage, error_class, reason FROM failures")).all()
+    assert result.returncode == 0, (result.stdout, result.stderr[-3000:], why)
+    enriched: dict[str, Any] = json.loads(result.stdout)
+    again = subprocess.run([sys.executable, "-m", "tasks.cli", "enrich", "--json"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    return summary, enriched, again
+
+
+def _all_enriched(engine: Engine, summary: dict[str, Any], enriched: dict[str, Any],
+                  again: subprocess.CompletedProcess[str]) -> None:
     # The first round's probe closes the breaker; stages refused while it was half-open go in the next.
     assert enriched["owed"] == 0 and enriched["reason"] is None, enriched
     assert enriched["done"] >= summary["enrichment_owed"] and enriched["rounds"] >= 1, (enriched, summary)
@@ -224,3 +224,26 @@ def test_enrich_resumes_owed_enrichment_when_asked(engine: Engine, ai_server: Op
         failures = conn.execute(text("SELECT count(*) FROM failures")).scalar()
     assert without_chunks == 0 and failures == 0
     assert again.returncode == 0 and json.loads(again.stdout)["rounds"] == 0  # nothing owed any more
+
+
+def test_enrich_resumes_owed_enrichment_when_asked(engine: Engine, ai_server: OpenAIServer,
+                                                   ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
+    # No beat: only `mailpipe enrich` resumes what the outage left owed.
+    env = {**ai_env, "MAILPIPE_INSIGHTS": "rules"}
+    worker = celery_worker(env, tmp_path / "worker.log", name="enrich")
+    worker.start()
+    try:
+        summary, enriched, again = _outage_then_enrich(engine, ai_server, env, sample_mbox)
+    finally:
+        worker.stop()
+    _all_enriched(engine, summary, enriched, again)
+
+
+def test_enrich_on_the_embedded_default_waits_for_its_own_pool(engine: Engine, ai_server: OpenAIServer,
+                                                              ai_env: dict[str, str], sample_mbox: Path) -> None:
+    # No broker: the import and each `mailpipe enrich` run a pool of their own, and enrich waits on its
+    # pool's work for as long as that pool runs (it once took "no restart" for "no pool" and gave up).
+    env = {k: v for k, v in ai_env.items() if k not in ("MAILPIPE_BROKER_URL", "MAILPIPE_REDIS_URL")}
+    env["MAILPIPE_INSIGHTS"] = "rules"
+    summary, enriched, again = _outage_then_enrich(engine, ai_server, env, sample_mbox)
+    _all_enriched(engine, summary, enriched, again)
