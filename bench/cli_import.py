@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -83,10 +85,13 @@ def _sample_postgres(pgdata: Path, stop: threading.Event, last: dict[str, float]
 
 
 def run_cli_import(mbox: Path, home: Path, *, account: str = ACCOUNT, timeout: float | None = None,
-                   timeline: bool = False, **settings: str) -> CliImport:
+                   timeline: bool = False, standing: subprocess.Popen[bytes] | None = None,
+                   **settings: str) -> CliImport:
     """Import `mbox` through `python -m tasks.cli import FILE --json` on the fresh `home`; raise if it failed.
 
-    timeline: run the pool at INFO and read from its log when it was ready and when tasks ran."""
+    timeline: run the pool at INFO and read from its log when it was ready and when tasks ran.
+    standing: the `mailpipe worker` running on `home` (standing_worker()), whose pool does the work;
+    its CPU over the import is counted with the CLI's."""
     if timeline:
         settings = {**settings, "worker_log_level": "INFO"}
     env = cli_env(home, **settings)
@@ -94,6 +99,7 @@ def run_cli_import(mbox: Path, home: Path, *, account: str = ACCOUNT, timeout: f
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = psutil.cpu_times()
     load_before = load_average()
+    standing_cpu = tree_cpu_seconds([standing.pid]) if standing else 0.0
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tasks.cli", "import", str(mbox), "--account", account, "--json"],
@@ -122,6 +128,8 @@ def run_cli_import(mbox: Path, home: Path, *, account: str = ACCOUNT, timeout: f
         raise RuntimeError(f"import of {mbox} failed ({proc.returncode}): {err[-3000:]}\n{tail}") from None
     cli_cpu = ((after_children.ru_utime - before_children.ru_utime)
                + (after_children.ru_stime - before_children.ru_stime))
+    if standing:
+        cli_cpu += tree_cpu_seconds([standing.pid]) - standing_cpu
     idle0 = busy0.idle + getattr(busy0, "iowait", 0.0)
     idle1 = busy1.idle + getattr(busy1, "iowait", 0.0)
     total = sum(busy1) - sum(busy0)
@@ -133,6 +141,32 @@ def run_cli_import(mbox: Path, home: Path, *, account: str = ACCOUNT, timeout: f
         machine_busy=round(machine_busy, 3), load_before=load_before, load_after=load_average(),
         timeline=worker_timeline(home / "logs" / "worker.log", started_at) if timeline else {},
     )
+
+
+@contextmanager
+def standing_worker(home: Path, *, timeout: float = 180.0, **settings: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`mailpipe worker` on `home` (at INFO), its pool ready before the block runs, stopped after it."""
+    log = home / "logs" / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    offset = log.stat().st_size if log.exists() else 0
+    env = cli_env(home, **{**settings, "worker_log_level": "INFO"})
+    with (home / "logs" / "standing.log").open("ab") as own_log:
+        proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "worker"], cwd=ROOT, env=env,
+                                stdout=own_log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (log.exists() and b" ready." in log.read_bytes()[offset:]):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mailpipe worker on {home} not ready (exit {proc.poll()}); see {log}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()  # the CLI's SIGTERM: a warm shutdown of its pool
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 _LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]+\] (.*)$")

@@ -24,3 +24,9 @@ def test_pipeline_ratio_at_a_tiny_size(tmp_path: Path) -> None:
     assert data["ratio"] == pytest.approx(data["end_to_end"]["run_seconds"] / data["slowest_seconds"], rel=0.01)
     assert data["sum_of_stages"] >= data["slowest_seconds"]
     assert data["round_ratios"] == [data["ratio"]] and data["end_to_end"]["timeline"]["tasks_span"] > 0
+    # The verdict's import went to a `mailpipe worker` whose pool was up before the command started.
+    assert data["end_to_end"]["timeline"]["ready_after"] < 0 < data["end_to_end"]["timeline"]["first_task_after"]
+    own = data["one_shot"]  # and the one-shot import's pool was its own, booted after the command started
+    assert own["summary"]["status"] == "done" and own["summary"]["entries"] == 40
+    assert own["timeline"]["ready_after"] > 0 and data["one_shot_round_ratios"] == [own["ratio"]]
+    assert own["ratio"] == pytest.approx(own["run_seconds"] / data["slowest_seconds"], rel=0.01)
