@@ -69,6 +69,19 @@ def _after_fork(**_: object) -> None:
     dispose_engines()
     _forget_broker_connections()
     logging.getLogger("pipeline").setLevel(logging.INFO)
+    if _embeds_here():
+        _load_embedding_model()
+
+
+def _load_embedding_model() -> None:
+    """Load the model before this child takes a task. Its first embed would load it otherwise: ~0.4 s
+    inside a run, while the other children wait on that window's embeddings (a replaced child's load
+    only moves here)."""
+    try:
+        context.embedding_tools().embedder.embed(["warm-up"])
+    except Exception:  # its first embed task fails the same way, with its error class, retries and report
+        logging.getLogger(__name__).warning("could not load the embedding model ahead of the first task",
+                                            exc_info=True)
 
 
 @worker_process_shutdown.connect
