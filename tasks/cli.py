@@ -804,20 +804,20 @@ def worker(
     if concurrency is not None:
         os.environ["MAILPIPE_WORKER_CONCURRENCY"] = str(concurrency)  # its children size torch's threads by it
     settings = Settings()
-    with runtime(settings) as rt, standing_lock(settings.home, rt.broker_url, settings.worker_concurrency,
-                                                settings.home / "logs" / "worker.log") as me:
+    with runtime(settings) as rt:
         pool = own_pool(settings)
-        pool.start()
-        err.print(f"worker pool of {me.concurrency} process(es) running for {settings.home} (pid {me.pid}); "
-                  f"log: {me.log_path}; Ctrl-C stops it once its running tasks finish", highlight=False)
-        try:
-            while True:
-                time.sleep(1.0)
-                pool.check()  # restarted if it died; WorkerPoolError after too many restarts
-        except KeyboardInterrupt:
-            err.print("stopping the worker pool (running tasks finish first)")
-        finally:
-            pool.stop()
+        with standing_lock(settings.home, rt.broker_url, pool.concurrency, pool.log_path) as me:
+            pool.start()
+            err.print(f"worker pool of {me.concurrency} process(es) running for {settings.home} (pid {me.pid}); "
+                      f"log: {me.log_path}; Ctrl-C stops it once its running tasks finish", highlight=False)
+            try:
+                while True:
+                    time.sleep(1.0)
+                    pool.check()  # restarted if it died; WorkerPoolError after too many restarts
+            except KeyboardInterrupt:
+                err.print("stopping the worker pool (running tasks finish first)")
+            finally:
+                pool.stop()
 
 
 @app.command(context_settings=PassThrough)

@@ -84,9 +84,14 @@ def outlive_children(supervisor: Any, blocking_pool: Any = billiard_pool.Pool) -
     if type(pool) is not blocking_pool:
         return
     while supervisor._state != billiard_pool.TERMINATE and pool._state != billiard_pool.TERMINATE:
-        if all(p._popen is None or p.exitcode is not None for p in list(pool._pool)):
+        if _all_exited(list(pool._pool)):
             return
         time.sleep(CLOSING_STEP)
+
+
+def _all_exited(processes: list[Any]) -> bool:
+    """Every one of billiard's processes here either never started or has exited."""
+    return all(p._popen is None or p.exitcode is not None for p in processes)
 
 
 LOCK_WAIT = 0.5
@@ -99,7 +104,7 @@ def help_stuff_finish(inqueue: Any, task_handler: Any, pool: list[Any]) -> None:
     A child holds that lock while it waits for its next task, and one that dies waiting (a signal) never
     releases it. Once every child has exited, nothing else reads the queue: go on without the lock."""
     while not inqueue._rlock.acquire(timeout=LOCK_WAIT):
-        if all(p._popen is None or p.exitcode is not None for p in pool):
+        if _all_exited(pool):
             log.warning("the pool's task queue was left locked by a child that is gone (exit codes %s); "
                         "finishing without it", [p.exitcode for p in pool])
             break

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import MailpipeError
+from pipeline.errors import ConfigError, MailpipeError
 from tasks.config import QUEUES
 
 MAX_RESTARTS = 3
@@ -117,8 +117,6 @@ def standing_lock(home: Path, broker_url: str, concurrency: int, log_path: Path)
 
     flock, not a pid file: the kernel drops the lock with its process, so a killed worker never leaves
     later commands waiting on a pool that is not there."""
-    from pipeline.errors import ConfigError
-
     home.mkdir(parents=True, exist_ok=True)
     path = home / STANDING_LOCK
     handle = path.open("a+")
