@@ -36,7 +36,7 @@ def test_children_that_embed_load_the_model_before_their_first_task(mailpipe_env
     other.start()
     try:
         deadline = time.monotonic() + 60
-        while len(set(re.findall(r"ForkPoolWorker-(\d+)\] Loading SentenceTransformer",
+        while len(set(re.findall(r"ForkPoolWorker-(\d+)\] embedding model loaded in",
                                  (tmp_path / "ai.log").read_text()))) < 2:
             assert time.monotonic() < deadline, (tmp_path / "ai.log").read_text()[-3000:]
             time.sleep(0.2)
@@ -47,4 +47,4 @@ def test_children_that_embed_load_the_model_before_their_first_task(mailpipe_env
         text = log.read_text()
         assert " received" not in text  # no task came: each child loaded it as it started
         assert "could not load the embedding model" not in text
-    assert "SentenceTransformer" not in (tmp_path / "ingest.log").read_text()  # a worker that never embeds
+    assert "embedding model loaded" not in (tmp_path / "ingest.log").read_text()  # a worker that never embeds

