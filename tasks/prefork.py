@@ -79,7 +79,9 @@ def outlive_children(supervisor: Any, blocking_pool: Any = billiard_pool.Pool) -
     meant to finish it, and a child waiting for its next task died holding the task queue's read lock,
     on which billiard's last clean-up then hung (py-spy; exit codes -9). Terminating ends the wait: the
     children are about to be terminated anyway, after this thread is joined. Celery's AsynPool (Redis)
-    sends its sentinels only after this thread is joined: waiting there would never end."""
+    starts no supervisor thread (billiard's threads=False): its main thread forks every child, so their
+    parent-death signal comes only with the worker's own end (tests/test_prefork.py: a replacement
+    child finishes its task on a warm shutdown)."""
     pool = supervisor.pool
     if type(pool) is not blocking_pool:
         return

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 from billiard import pool as billiard_pool
 
 import tasks.app  # noqa: F401  (installs the clock, as every worker does)
@@ -167,3 +168,47 @@ def test_a_child_the_supervisor_forked_finishes_its_task_when_the_pool_closes(tm
     finally:
         pool.terminate()
         CLOCK.closing.clear()
+
+
+@pytest.mark.integration
+def test_a_redis_worker_lets_a_replacement_child_finish_its_task_on_warm_shutdown(
+        mailpipe_env: dict[str, str], tmp_path: Path) -> None:
+    """On Redis Celery runs its AsynPool, which forks replacement children from the main thread (it
+    starts no supervisor thread): a warm shutdown must not kill one mid-task, as billiard's own pool's
+    supervisor did (see outlive_children)."""
+    from celery import Celery
+
+    from tests.conftest import REDIS_URL, CeleryProcess
+
+    base, _, _db = REDIS_URL.rpartition("/")
+    broker = f"{base}/9"  # no other test publishes here
+    redis.Redis.from_url(broker).flushdb()
+    env = {**mailpipe_env, "MAILPIPE_BROKER_URL": broker, "MAILPIPE_EMBEDDER": "none"}
+    worker = CeleryProcess(["worker", "-Q", "ingest", "-c", "1", "--pool", "prefork", "--max-tasks-per-child", "1",
+                            "-l", "INFO", "-n", f"warm-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
+                           env, tmp_path / "worker.log", ready="ready.", program=("-m", "celery", "-A", "tests.slow_task_app"))
+    client = Celery(broker=broker)
+    with client.connection() as conn:  # what makes Celery's worker run its event loop and AsynPool
+        assert conn.transport.implements.asynchronous
+    worker.start()
+    try:
+        client.send_task("tests.write_pid_after", (str(tmp_path), "first", 0), queue="ingest")
+        _wait_for(tmp_path / "first")  # that child leaves after its one task: the next one is a replacement
+        client.send_task("tests.write_pid_after", (str(tmp_path), "second", 2.0), queue="ingest")
+        _wait_for(tmp_path / "second.started")
+        assert worker.proc is not None
+        os.kill(worker.proc.pid, signal.SIGTERM)  # warm shutdown of the main process only
+        worker.proc.wait(60)
+    finally:
+        worker.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert (tmp_path / "second").read_text() == (tmp_path / "second.started").read_text()
+    assert (tmp_path / "second").read_text() != (tmp_path / "first").read_text()
+    assert "WorkerLostError" not in log and "SIGKILL" not in log, log[-3000:]
+
+
+def _wait_for(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
