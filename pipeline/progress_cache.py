@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Label, SQLColumnExpression, exists, select, text
+from sqlalchemy import Connection, Engine, Label, SQLColumnExpression, Text, cast, exists, select, text
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.storage.db import transaction
@@ -39,14 +39,23 @@ _UNSEEN = text("NOT pg_visible_in_snapshot(run_changes.xact::text::xid8, run_pro
 
 
 def cached_figures(run_id: SQLColumnExpression[int]) -> Label[Any]:
-    """A column for a query of runs: the run's cached figures when they are still current, else NULL."""
+    """A column for a query of runs: the run's cached figures when they are still current, else NULL.
+
+    As text, for figures_from to parse: psycopg's jsonb loader took ~22 µs a row against json.loads'
+    5 of the same text, 2.8 ms of a `status` of 166 cached runs (ad-hoc timeit at 1M)."""
     stale = exists().where(_changes.c.run_id == _cache.c.run_id, _changes.c.xact >= _cache.c.snap_xmin, _UNSEEN)
-    return (select(_cache.c.progress).where(_cache.c.run_id == run_id, ~stale)
+    return (select(cast(_cache.c.progress, Text)).where(_cache.c.run_id == run_id, ~stale)
             .scalar_subquery().label("cached"))
 
 
 def figures_from(doc: Any, stages: Sequence[str]) -> dict[str, Any] | None:
-    """The figures of a cached row, or None when there is none or it was written for other figures."""
+    """The figures of a cached row (cached_figures' text, or the document itself), or None when there
+    is none or it was written for other figures."""
+    if isinstance(doc, str):
+        try:
+            doc = json.loads(doc)
+        except ValueError:
+            return None  # not written by this code: recomputed
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
         return None
     try:

@@ -186,7 +186,8 @@ def test_a_redis_worker_lets_a_replacement_child_finish_its_task_on_warm_shutdow
     env = {**mailpipe_env, "MAILPIPE_BROKER_URL": broker, "MAILPIPE_EMBEDDER": "none"}
     worker = CeleryProcess(["worker", "-Q", "ingest", "-c", "1", "--pool", "prefork", "--max-tasks-per-child", "1",
                             "-l", "INFO", "-n", f"warm-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
-                           env, tmp_path / "worker.log", ready="ready.", program=("-m", "celery", "-A", "tests.slow_task_app"))
+                           env, tmp_path / "worker.log", ready="ready.",
+                           program=("-m", "celery", "-A", "tests.slow_task_app"))
     client = Celery(broker=broker)
     with client.connection() as conn:  # what makes Celery's worker run its event loop and AsynPool
         assert conn.transport.implements.asynchronous

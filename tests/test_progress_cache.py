@@ -4,6 +4,7 @@ snapshot the figures were computed in and their writing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -229,6 +230,9 @@ def test_figures_of_another_version_or_other_stages_are_recomputed() -> None:
     assert progress_cache.figures_from(None, STAGES) is None
     assert progress_cache.figures_from(
         {"v": progress_cache.VERSION, **{k: v for k, v in figures.items() if k != "quota_units"}}, STAGES) is None
+    # As cached_figures reads them: jsonb's text.
+    assert progress_cache.figures_from(json.dumps({"v": progress_cache.VERSION, **figures}), STAGES) == figures
+    assert progress_cache.figures_from('{"v": 1, "stage_done"', STAGES) is None
 
 
 def test_deleting_a_cached_run_or_its_account_takes_its_cache_and_retention_its_change_rows(
