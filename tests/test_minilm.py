@@ -108,3 +108,15 @@ def test_a_folder_it_does_not_implement_is_refused(tmp_path: Path, edit, message
 def test_max_tokens_beyond_the_positions_is_refused() -> None:
     with pytest.raises(ModelFolderError, match="outside the model's 1..512"):
         MiniLM.load(bundled_model_dir(), 513)
+
+
+def test_weights_with_a_projection_missing_are_refused() -> None:
+    from safetensors.torch import load_file
+
+    from pipeline.embeddings.minilm import BertShape, MiniLMModel
+
+    state = load_file(str(bundled_model_dir() / "model.safetensors"))
+    del state["encoder.layer.2.attention.self.key.weight"]
+    model = MiniLMModel(BertShape.from_config(json.loads((bundled_model_dir() / "config.json").read_text())))
+    with pytest.raises(ModelFolderError, match=r"layers\.2\.qkv\.weight lacks \['attention\.self\.key'\]"):
+        model.load_checkpoint(state)
