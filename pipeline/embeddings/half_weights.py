@@ -1,13 +1,13 @@
 """Linear layers with their weights packed as fp16 by fbgemm, computed with fp32 activations.
 
-Why: a search query is one short text (~10 tokens), and MiniLM's 37 matrix products at that size
-run far below the core's peak in MKL's fp32 kernel on this project's machines (AMD EPYC, AVX2):
-12.3–15.5 ms p50 per query on one thread, against 8.5–10.3 ms with fbgemm's fp16-weight kernel
-(ad-hoc, 100 queries each, three alternating pairs on a loaded machine; docs/PERFORMANCE.md, fourth
-round). The activations
-and the accumulation stay fp32, so only the weights are rounded (relative error ~2e-4 per product);
-the query's vector keeps a cosine above 0.99999 to the fp32 one the chunks were stored with. int8
-dynamic quantization, tried earlier, was as fast but moved vectors to a cosine of 0.93–0.96.
+Why: a search query is one short text (~10 tokens), and MiniLM's matrix products at that size (37
+when this was measured; 24 since the query, key and value projections became one) run far below the
+core's peak in MKL's fp32 kernel on this project's machines (AMD EPYC, AVX2): 12.3–15.5 ms p50 per
+query on one thread, against 8.5–10.3 ms with fbgemm's fp16-weight kernel (ad-hoc, 100 queries each,
+three alternating pairs on a loaded machine; docs/PERFORMANCE.md, fourth round). The activations and
+the accumulation stay fp32, so only the weights are rounded (relative error ~2e-4 per product); the
+query's vector keeps a cosine above 0.99999 to the fp32 one the chunks were stored with. int8 dynamic
+quantization, tried earlier, was as fast but moved vectors to a cosine of 0.93–0.96.
 
 fbgemm exists on x86-64 with AVX2 only: elsewhere nothing is packed and the model stays fp32.
 """
