@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import redis
 from billiard import pool as billiard_pool
+from celery import Celery
 
 import tasks.app  # noqa: F401  (installs the clock, as every worker does)
 from tasks.prefork import CLOCK, CLOSING_STEP, PoolClock, child_exiting, help_stuff_finish, install, outlive_children
+from tests.conftest import REDIS_URL, CeleryProcess, wait_for
 
 
 def test_a_sleep_ends_when_the_pool_starts_closing() -> None:
@@ -176,10 +178,6 @@ def test_a_redis_worker_lets_a_replacement_child_finish_its_task_on_warm_shutdow
     """On Redis Celery runs its AsynPool, which forks replacement children from the main thread (it
     starts no supervisor thread): a warm shutdown must not kill one mid-task, as billiard's own pool's
     supervisor did (see outlive_children)."""
-    from celery import Celery
-
-    from tests.conftest import REDIS_URL, CeleryProcess
-
     base, _, _db = REDIS_URL.rpartition("/")
     broker = f"{base}/9"  # no other test publishes here
     redis.Redis.from_url(broker).flushdb()
@@ -194,9 +192,10 @@ def test_a_redis_worker_lets_a_replacement_child_finish_its_task_on_warm_shutdow
     worker.start()
     try:
         client.send_task("tests.write_pid_after", (str(tmp_path), "first", 0), queue="ingest")
-        _wait_for(tmp_path / "first")  # that child leaves after its one task: the next one is a replacement
+        # That child leaves after its one task: the next one is a replacement.
+        wait_for((tmp_path / "first").exists, "the first task")
         client.send_task("tests.write_pid_after", (str(tmp_path), "second", 2.0), queue="ingest")
-        _wait_for(tmp_path / "second.started")
+        wait_for((tmp_path / "second.started").exists, "the second task's start")
         assert worker.proc is not None
         os.kill(worker.proc.pid, signal.SIGTERM)  # warm shutdown of the main process only
         worker.proc.wait(60)
@@ -207,9 +206,3 @@ def test_a_redis_worker_lets_a_replacement_child_finish_its_task_on_warm_shutdow
     assert (tmp_path / "second").read_text() != (tmp_path / "first").read_text()
     assert "WorkerLostError" not in log and "SIGKILL" not in log, log[-3000:]
 
-
-def _wait_for(path: Path, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.05)

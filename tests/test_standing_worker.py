@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 
 from pipeline.errors import ConfigError
 from tasks.workers import STANDING_LOCK, find_standing_worker, standing_lock
+from tests.conftest import wait_for
 from tests.oracle import mbox_facts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,13 +100,6 @@ def _pools_started(log: Path) -> set[int]:
     return {int(pid) for pid in re.findall(r"mailpipe-cli-(\d+)@", log.read_text(errors="replace"))}
 
 
-def _wait_for(check: Any, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.integration
 def test_an_import_hands_its_work_to_the_running_worker(engine: Engine, mailpipe_env: dict[str, str],
                                                         sample_mbox: Path, tmp_path: Path) -> None:
@@ -114,7 +108,7 @@ def test_an_import_hands_its_work_to_the_running_worker(engine: Engine, mailpipe
     worker = subprocess.Popen([sys.executable, "-m", "tasks.cli", "worker", "-c", "1"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: log.exists() and _pools_ready(log) or worker.poll() is not None, "the worker's pool")
+        wait_for(lambda: log.exists() and _pools_ready(log) or worker.poll() is not None, "the worker's pool")
         assert worker.poll() is None, worker.communicate()[1][-3000:]
         summary, said = _finished(_import(env, sample_mbox))
     finally:
@@ -145,7 +139,7 @@ def test_an_import_whose_worker_goes_away_starts_a_pool_of_its_own(engine: Engin
             with engine.connect() as conn:
                 return bool(conn.execute(text("SELECT count(*) FROM windows")).scalar())
 
-        _wait_for(lambda: dispatched() or importing.poll() is not None, "the import's first window")
+        wait_for(lambda: dispatched() or importing.poll() is not None, "the import's first window")
         assert importing.poll() is None
         time.sleep(1.0)
         with engine.connect() as conn:

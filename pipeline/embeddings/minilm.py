@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from pipeline.embeddings.chunking import load_tokenizer
 from pipeline.errors import ConfigError
 
 
@@ -64,7 +65,7 @@ class BertShape:
 
 class _Linear(torch.nn.Linear):
     """A Linear whose weights come from the checkpoint: no random initialisation first (0.33 s of the
-    model's load for MiniLM's 37 layers and embeddings; torch's meta device, which would skip it too,
+    model's load for MiniLM's linear layers and embeddings; torch's meta device, which would skip it too,
     imports torch._refs: 2 s). Still a torch.nn.Linear, so half_weights can pack it."""
 
     def reset_parameters(self) -> None:
@@ -162,11 +163,11 @@ class MiniLMModel(torch.nn.Module):
             if key.startswith("encoder.layer."):
                 index, _, rest = key.removeprefix("encoder.layer.").partition(".")
                 part, _, leaf = rest.rpartition(".")
-                if part not in _LAYER_KEYS and part not in _PROJECTIONS:
-                    raise ModelFolderError(f"model.safetensors: unexpected weight {key}")
                 if part in _PROJECTIONS:
                     projections.setdefault(f"layers.{index}.qkv.{leaf}", {})[part] = tensor
                     continue
+                if part not in _LAYER_KEYS:
+                    raise ModelFolderError(f"model.safetensors: unexpected weight {key}")
                 key = f"layers.{index}.{_LAYER_KEYS[part]}.{leaf}"
             elif key == "embeddings.position_ids" or key.startswith("pooler."):
                 continue  # a buffer of 0..n, and BERT's [CLS] pooler: mean pooling uses neither
@@ -197,11 +198,9 @@ class MiniLM:
         shape = BertShape.from_config(config)
         if not 0 < max_tokens <= shape.positions:
             raise ModelFolderError(f"max_tokens {max_tokens} is outside the model's 1..{shape.positions}")
-        tokenizer = Tokenizer.from_file(str(_existing(folder / "tokenizer.json")))
-        # tokenizer.json carries a fixed padding and a truncation of its own (128 in this model's file):
-        # padding is done per batch below, and truncation is the sentence-transformers folder's.
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_tokens)
+        _existing(folder / "tokenizer.json")
+        tokenizer = load_tokenizer(folder)  # padding off: done per batch below
+        tokenizer.enable_truncation(max_length=max_tokens)  # the sentence-transformers folder's, not the file's
         model = MiniLMModel(shape)
         model.load_checkpoint(load_file(str(_existing(folder / "model.safetensors")), device="cpu"))
         model.eval()
