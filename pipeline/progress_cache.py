@@ -13,23 +13,45 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Label, SQLColumnExpression, Text, cast, exists, select, text
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.storage.db import transaction
-from pipeline.storage.models import RunChange, RunProgressCache
+from pipeline.storage.models import STAGES, RunChange, RunProgressCache
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever the figures or their meaning change: rows of another version are recomputed.
-VERSION = 1
+# Bumped whenever the figures or their meaning change: rows of another layout are recomputed.
+# 2: the figures as one list (1: an object keyed by figure, whose parsing and reading were ~20 µs a run
+# of `status`'s ~35; docs/PERFORMANCE.md, tenth round).
+VERSION = 2
 # RunProgress's fields that come from the windows and failures (the rest are the run's own columns).
 FIGURES = ("windows_finished", "stage_done", "stage_failed_windows", "enrichment_owed", "new_messages",
            "duplicates", "failed_messages", "gone_messages", "chunks_embedded", "quota_units")
 PER_STAGE = ("stage_done", "stage_failed_windows")
+# Where each figure sits in a cached row's list: FIGURES in order, a per-stage figure once per stage.
+SLOTS = tuple(f"{name}.{st}" if name in PER_STAGE else name
+              for name in FIGURES for st in (STAGES if name in PER_STAGE else ("",)))
+
+
+def _positions() -> dict[str, int | slice]:
+    """Each figure's index in a cached row's list, or a per-stage figure's slice of it (SLOTS' order)."""
+    out: dict[str, int | slice] = {}
+    i = 0
+    for name in FIGURES:
+        width = len(STAGES) if name in PER_STAGE else 1
+        out[name] = slice(i, i + width) if name in PER_STAGE else i
+        i += width
+    return out
+
+
+_AT = _positions()
+# Written into every cached row and required of the rows read: a row of another version, or written
+# when the stages were others, is not read (and is recomputed).
+LAYOUT = f"{VERSION}:{','.join(SLOTS)}"
 
 _cache = RunProgressCache.__table__
 _changes = RunChange.__table__
@@ -39,36 +61,36 @@ _UNSEEN = text("NOT pg_visible_in_snapshot(run_changes.xact::text::xid8, run_pro
 
 
 def cached_figures(run_id: SQLColumnExpression[int]) -> Label[Any]:
-    """A column for a query of runs: the run's cached figures when they are still current, else NULL.
-
-    As text, for figures_from to parse: with psycopg loading the jsonb, `status`'s latest-runs statement
-    took 7.5 ms with its 171 rows fetched, 3.7 as text, and json.loads of the 166 texts 1.6 ms (ad-hoc
-    timeit at 1M; docs/PERFORMANCE.md, ninth round)."""
+    """A column for a query of runs (`cached`): the run's cached figures when they are still current and of
+    this LAYOUT, else NULL. As the list's text, for figures_from: with psycopg loading jsonb, `status`'s
+    latest-runs statement took 7.5 ms with its 171 rows fetched, 3.7 as text (ad-hoc timeit at 1M;
+    docs/PERFORMANCE.md, ninth round)."""
     stale = exists().where(_changes.c.run_id == _cache.c.run_id, _changes.c.xact >= _cache.c.snap_xmin, _UNSEEN)
-    return (select(cast(_cache.c.progress, Text)).where(_cache.c.run_id == run_id, ~stale)
+    progress = _cache.c.progress
+    return (select(cast(progress["f"], Text))
+            .where(_cache.c.run_id == run_id, progress["layout"].astext == LAYOUT, ~stale)
             .scalar_subquery().label("cached"))
 
 
-def figures_from(doc: Any, stages: Sequence[str]) -> dict[str, Any] | None:
-    """The figures of a cached row (cached_figures' text, or the document itself), or None when there
-    is none or it was written for other figures."""
-    if isinstance(doc, str):
-        try:
-            doc = json.loads(doc)
-        except ValueError:
-            return None  # not written by this code: recomputed
-    if not isinstance(doc, dict) or doc.get("v") != VERSION:
+def figures_from(cached: str | None) -> dict[str, Any] | None:
+    """The figures of cached_figures' text, or None when there is none or it is not a list of SLOTS."""
+    if cached is None:
         return None
     try:
-        figures = {name: doc[name] for name in FIGURES}
-    except KeyError:
-        return None  # not written by this code: recomputed, never shown with a figure missing
-    for name in PER_STAGE:
-        per_stage = figures[name]
-        if not isinstance(per_stage, dict) or per_stage.keys() != set(stages):
-            return None  # the stages changed since
-        figures[name] = {st: per_stage[st] for st in stages}  # in pipeline order: jsonb keeps its own
-    return figures
+        values = json.loads(cached)
+    except ValueError:
+        return None  # not written by this code: recomputed
+    if not isinstance(values, list) or len(values) != len(SLOTS):
+        return None
+    return {name: dict(zip(STAGES, values[at], strict=True)) if name in PER_STAGE else values[at]
+            for name, at in _AT.items()}
+
+
+def document(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """What a cached row keeps of a run's figures: their values in SLOTS' order, and the LAYOUT."""
+    values = [v for name in FIGURES
+              for v in ([figures[name][st] for st in STAGES] if name in PER_STAGE else [figures[name]])]
+    return {"layout": LAYOUT, "f": values}
 
 
 # Every run's figures in one JSON object keyed by run id: a VALUES row per run made SQLAlchemy compile a
@@ -96,7 +118,7 @@ def store(engine: Engine, snapshot: str, figures: Mapping[int, Mapping[str, Any]
     if not figures:
         return 0
     # Inserted in run order (ORDER BY): two stores never wait on each other in a circle.
-    docs = json.dumps({str(run_id): {"v": VERSION, **f} for run_id, f in figures.items()})
+    docs = json.dumps({str(run_id): document(f) for run_id, f in figures.items()})
     params = {"xmin": int(snapshot.split(":", 1)[0]), "snap": snapshot, "docs": docs}
     try:
         with transaction(engine) as s:
@@ -109,4 +131,5 @@ def store(engine: Engine, snapshot: str, figures: Mapping[int, Mapping[str, Any]
     return len(figures)
 
 
-__all__ = ["FIGURES", "VERSION", "cached_figures", "figures_from", "snapshot_of", "store"]
+__all__ = ["FIGURES", "LAYOUT", "SLOTS", "VERSION", "cached_figures", "document", "figures_from", "snapshot_of",
+           "store"]

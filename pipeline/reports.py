@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,8 @@ from pipeline.contacts import rank_now
 from pipeline.counts import KINDS, counts_by_account
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
-from pipeline.runs import RUN_COLUMNS, RunProgress, progress_of, runs_progress_in
+from pipeline.progress_cache import FIGURES
+from pipeline.runs import RUN_COLUMNS, RUN_FIELDS, RunProgress, progress_of, runs_progress_in
 from pipeline.storage.db import snapshot, transaction
 from pipeline.storage.models import (
     Account,
@@ -65,13 +67,17 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
         conn = s.connection()  # plain rows: the Session's ORM execution path is for objects
         accounts = conn.execute(_ACCOUNTS).all()
         runs = conn.execute(_LATEST_RUNS, {"recent_runs": recent_runs}).all()
-        read = progress_of(conn, runs)
+        # A run with current cached figures is shown from its row and them, without a RunProgress: that
+        # was ~20 µs a run, most of `status` at 1M (docs/PERFORMANCE.md, tenth round).
+        shown = {run[0]: _entry(run, figures) for run in runs
+                 if (figures := progress_cache.figures_from(run[_CACHED])) is not None}
+        read = progress_of(conn, [run for run in runs if run[0] not in shown])
         snap = progress_cache.snapshot_of(conn) if read.cacheable else None
     if snap is not None:
         progress_cache.store(engine, snap, read.cacheable)
-    progress = read.progress
+    shown.update((run_id, _run_dict(p)) for run_id, p in read.progress.items())
     run_ids: dict[int, list[int]] = {}
-    for run in runs:  # by position (RUN_COLUMNS: id, account_id, ...): see pipeline.runs._RUN_FIELDS
+    for run in runs:  # by position (RUN_COLUMNS: id, account_id, ...): see pipeline.runs.RUN_FIELDS
         run_ids.setdefault(int(run[1]), []).append(int(run[0]))
     out: list[dict[str, Any]] = []
     for row in accounts:
@@ -85,7 +91,7 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
             "history_id": a["history_id"],
             "last_synced_at": _iso(a["last_synced_at"]),
             **{kind: a[kind] or 0 for kind in KINDS},
-            "runs": [_run_dict(progress[rid]) for rid in run_ids.get(a["id"], []) if rid in progress],
+            "runs": [shown[rid] for rid in run_ids.get(a["id"], []) if rid in shown],
         })
     return out
 
@@ -122,15 +128,27 @@ def operations(snap: Snapshot) -> dict[str, Any]:
 
 
 def _run_dict(p: RunProgress) -> dict[str, Any]:
+    return _entry(tuple(getattr(p, name) for name in RUN_FIELDS), {name: getattr(p, name) for name in FIGURES})
+
+
+_CACHED = len(RUN_COLUMNS)  # `cached` (progress_cache.cached_figures) follows RUN_COLUMNS in _LATEST_RUNS' rows
+
+
+def _entry(run: Sequence[Any], f: Mapping[str, Any]) -> dict[str, Any]:
+    """A run as `status` and the web API show it, from its row (RUN_COLUMNS' values first, in their order:
+    test_reports checks it) and its figures (progress_cache.FIGURES)."""
+    run_id, _, status, mode, source, reading_done, entries, windows_total, started_at, finished_at, error = (
+        run[:_CACHED])
+    failed_windows = f["stage_failed_windows"]
     return {
-        "run_id": p.run_id, "mode": p.mode, "status": p.status, "source": p.source,
-        "entries": p.entries, "windows": p.windows_total, "windows_finished": p.windows_finished,
-        "stages": {stage: {"messages_done": done, "failed_windows": p.stage_failed_windows[stage]}
-                   for stage, done in p.stage_done.items()},
-        "reading_done": p.reading_done, "enrichment_owed": p.enrichment_owed,
-        "new_messages": p.new_messages, "duplicates": p.duplicates, "failed": p.failed_messages,
-        "gone": p.gone_messages, "quota_units": p.quota_units, "chunks_embedded": p.chunks_embedded,
-        "started_at": _iso(p.started_at), "finished_at": _iso(p.finished_at), "error": p.error,
+        "run_id": run_id, "mode": mode, "status": status, "source": source,
+        "entries": entries, "windows": windows_total, "windows_finished": f["windows_finished"],
+        "stages": {stage: {"messages_done": done, "failed_windows": failed_windows[stage]}
+                   for stage, done in f["stage_done"].items()},
+        "reading_done": reading_done, "enrichment_owed": f["enrichment_owed"],
+        "new_messages": f["new_messages"], "duplicates": f["duplicates"], "failed": f["failed_messages"],
+        "gone": f["gone_messages"], "quota_units": f["quota_units"], "chunks_embedded": f["chunks_embedded"],
+        "started_at": _iso(started_at), "finished_at": _iso(finished_at), "error": error,
     }
 
 

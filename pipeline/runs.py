@@ -596,7 +596,7 @@ RUN_COLUMNS = (SyncRun.id, SyncRun.account_id, SyncRun.status, SyncRun.mode, Syn
 # RunProgress's names for them, in their order. Rows are read by position: SQLAlchemy's Row resolves each
 # attribute by name (~0.8 µs on this project's machines), 11 of them per run were ~1.5 ms of a `status`
 # of 171 runs (ad-hoc timeit at 1M; docs/PERFORMANCE.md, ninth round).
-_RUN_FIELDS = ("run_id", *(c.key for c in RUN_COLUMNS[1:]))
+RUN_FIELDS = ("run_id", *(c.key for c in RUN_COLUMNS[1:]))
 _CACHED = len(RUN_COLUMNS)  # the position of `cached` in a row that has it
 _RUNS_BY_ID = (select(*RUN_COLUMNS, progress_cache.cached_figures(SyncRun.id))
                .where(SyncRun.id == any_(bindparam("run_ids", type_=ARRAY(BigInteger)))))
@@ -619,7 +619,7 @@ def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) 
     if not detail:
         for run in runs:
             cached = run[_CACHED] if len(run) > _CACHED else None
-            if (figures := progress_cache.figures_from(cached, STAGES)) is not None:
+            if (figures := progress_cache.figures_from(cached)) is not None:
                 out[run[0]] = _progress(run, figures)
         runs = [run for run in runs if run[0] not in out]
     if not runs:
@@ -673,7 +673,7 @@ def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) 
 def _progress(run: Any, figures: dict[str, Any], windows_by_state: dict[str, dict[str, int]] | None = None,
               failures_by_stage: dict[str, dict[str, int]] | None = None) -> RunProgress:
     """A run's progress from its row (RUN_COLUMNS first) and its figures (progress_cache.FIGURES)."""
-    return RunProgress(**dict(zip(_RUN_FIELDS, run, strict=False)), **figures,
+    return RunProgress(**dict(zip(RUN_FIELDS, run, strict=False)), **figures,
                        windows_by_state=windows_by_state or {}, failures_by_stage=failures_by_stage or {})
 
 
@@ -702,6 +702,7 @@ __all__ = [
     "record_failure",
     "run_progress",
     "RUN_COLUMNS",
+    "RUN_FIELDS",
     "progress_of",
     "runs_progress",
     "runs_progress_in",

@@ -77,6 +77,13 @@ def _truth(engine: Engine, run: int) -> dict[str, Any]:
         return _key_figures(runs_progress_in(s, [run], detail=True)[run])
 
 
+def _figures(engine: Engine, run: int) -> dict[str, Any]:
+    """Every cached figure of the run, aggregated from the rows."""
+    with transaction(engine) as s:
+        p = runs_progress_in(s, [run], detail=True)[run]
+    return {name: getattr(p, name) for name in progress_cache.FIGURES}
+
+
 def _key_figures(p: RunProgress) -> dict[str, Any]:
     return {"new_messages": p.new_messages, "windows_finished": p.windows_finished, "failed": p.failed_messages,
             "gone": p.gone_messages, "stage_done": p.stage_done}
@@ -89,9 +96,10 @@ def _as_truth(shown: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tamper(engine: Engine, run: int) -> None:
+    at = progress_cache.SLOTS.index("new_messages")
     with transaction(engine) as s:
         changed = s.execute(text(
-            "UPDATE run_progress_cache SET progress = jsonb_set(progress, '{new_messages}', to_jsonb(:n)) "
+            f"UPDATE run_progress_cache SET progress = jsonb_set(progress, '{{f,{at}}}', to_jsonb(:n)) "
             "WHERE run_id = :run"), {"n": SENTINEL, "run": run}).rowcount  # type: ignore[attr-defined]
     assert changed == 1, "status did not cache the finished run"
 
@@ -99,8 +107,10 @@ def _tamper(engine: Engine, run: int) -> None:
 def test_the_call_that_finishes_a_run_caches_its_figures(engine: Engine) -> None:
     _, run, _ = _finished_run(engine)  # end_reading -> maybe_finish_run: done, and cached
     with engine.connect() as conn:
-        cached = conn.execute(text("SELECT progress FROM run_progress_cache WHERE run_id = :r"), {"r": run}).scalar()
-    assert progress_cache.figures_from(cached, STAGES) is not None
+        layout, cached = conn.execute(text("SELECT progress->>'layout', (progress->'f')::text FROM run_progress_cache "
+                                           "WHERE run_id = :r"), {"r": run}).one()
+    assert layout == progress_cache.LAYOUT
+    assert progress_cache.figures_from(cached) == _figures(engine, run)
     assert _key_figures(run_progress(engine, run)) == _truth(engine, run)  # run_progress reads the cached row
 
 
@@ -216,23 +226,70 @@ def test_a_writer_in_progress_when_the_snapshot_is_taken_is_not_hidden(engine: E
     assert _shown(engine, run)["new_messages"] == 7
 
 
-def test_figures_of_another_version_or_other_stages_are_recomputed() -> None:
-    figures = {name: 0 for name in progress_cache.FIGURES} | {
-        "stage_done": {st: 0 for st in STAGES}, "stage_failed_windows": {st: 0 for st in STAGES}}
-    read = progress_cache.figures_from({"v": progress_cache.VERSION, **figures}, STAGES)
+def test_a_cached_rows_list_reads_back_as_the_figures_it_was_written_from() -> None:
+    figures = {name: {st: 10 * i + j for j, st in enumerate(STAGES)} if name in progress_cache.PER_STAGE else i
+               for i, name in enumerate(progress_cache.FIGURES)}
+    doc = progress_cache.document(figures)
+    assert doc["layout"] == progress_cache.LAYOUT and len(doc["f"]) == len(progress_cache.SLOTS)
+    read = progress_cache.figures_from(json.dumps(doc["f"]))
     assert read == figures
     assert read is not None and list(read["stage_done"]) == list(STAGES)  # shown in pipeline order
-    jsonb_order = {st: 0 for st in sorted(STAGES, key=lambda st: (len(st), st))}
-    read = progress_cache.figures_from({"v": progress_cache.VERSION, **figures, "stage_done": jsonb_order}, STAGES)
-    assert read is not None and list(read["stage_done"]) == list(STAGES)
-    assert progress_cache.figures_from({"v": progress_cache.VERSION + 1, **figures}, STAGES) is None
-    assert progress_cache.figures_from({"v": progress_cache.VERSION, **figures}, (*STAGES, "new")) is None
-    assert progress_cache.figures_from(None, STAGES) is None
-    assert progress_cache.figures_from(
-        {"v": progress_cache.VERSION, **{k: v for k, v in figures.items() if k != "quota_units"}}, STAGES) is None
-    # As cached_figures reads them: jsonb's text.
-    assert progress_cache.figures_from(json.dumps({"v": progress_cache.VERSION, **figures}), STAGES) == figures
-    assert progress_cache.figures_from('{"v": 1, "stage_done"', STAGES) is None
+    assert progress_cache.figures_from(None) is None
+    assert progress_cache.figures_from(json.dumps(doc["f"][:-1])) is None  # a slot missing
+    assert progress_cache.figures_from(json.dumps(figures)) is None  # not a list
+    assert progress_cache.figures_from("[1, 2") is None
+
+
+@pytest.mark.parametrize("layout", ["another version", "other stages", "none"])
+def test_a_row_of_another_layout_is_not_read_and_is_recomputed(engine: Engine, layout: str) -> None:
+    _, run, _ = _finished_run(engine)
+    _shown(engine, run)
+    _tamper(engine, run)  # the row, were it read, would show SENTINEL
+    version, _, slots = progress_cache.LAYOUT.partition(":")
+    written = {"another version": f"{int(version) + 1}:{slots}",
+               "other stages": progress_cache.LAYOUT.replace(".insight", ".review"), "none": None}[layout]
+    with transaction(engine) as s:
+        s.execute(text("UPDATE run_progress_cache SET progress = CASE WHEN CAST(:l AS text) IS NULL "
+                       "THEN progress - 'layout' ELSE jsonb_set(progress, '{layout}', to_jsonb(CAST(:l AS text))) END"),
+                  {"l": written})
+    shown = _shown(engine, run)
+    assert shown["new_messages"] != SENTINEL
+    assert _as_truth(shown) == _truth(engine, run)
+    with engine.connect() as conn:  # recomputed, and written in this code's layout
+        assert conn.execute(text("SELECT progress->>'layout' FROM run_progress_cache")).scalar_one() == (
+            progress_cache.LAYOUT)
+
+
+def test_a_run_is_shown_the_same_from_its_cached_figures_as_aggregated(engine: Engine) -> None:
+    """status builds a cached run's entry from its row and the cached list, an aggregated one from its
+    RunProgress: every key must agree, timestamps with and without a fraction of a second included."""
+    account, run, windows = _finished_run(engine, windows=3)
+    with transaction(engine) as s:
+        s.execute(text("UPDATE windows SET duplicates = 1, chunks_embedded = 4, quota_units = 7, "
+                       "embed = 'failed' WHERE id = :id"), {"id": windows[1]})
+        record_failure(s, account, run, windows[1], "window", "embed", "transient", "owed")
+        record_failure(s, account, run, windows[1], "offset:1:0", "normalize", "gone", "deleted")
+        s.execute(text("UPDATE sync_runs SET error = 'partly', started_at = date_trunc('second', started_at) "
+                       "WHERE id = :id"), {"id": run})
+    _forget(engine)
+    aggregated = _shown(engine, run)
+    cached = _shown(engine, run)
+    _tamper(engine, run)
+    assert _shown(engine, run)["new_messages"] == SENTINEL  # the second call did read the cache
+    assert cached == aggregated
+    assert "." not in aggregated["started_at"] and "." in aggregated["finished_at"]
+    assert aggregated["error"] == "partly" and aggregated["stages"]["embed"]["failed_windows"] == 1
+    assert (aggregated["duplicates"], aggregated["chunks_embedded"], aggregated["quota_units"]) == (1, 4, 7)
+    assert (aggregated["gone"], aggregated["enrichment_owed"]) == (1, 1)
+    assert list(cached["stages"]) == list(STAGES)
+
+
+def test_status_reads_a_runs_row_in_run_fields_order() -> None:
+    """reports._entry unpacks a run's row by position."""
+    from pipeline.runs import RUN_FIELDS
+
+    assert RUN_FIELDS == ("run_id", "account_id", "status", "mode", "source", "reading_done", "entries",
+                          "windows_total", "started_at", "finished_at", "error")
 
 
 def test_deleting_a_cached_run_or_its_account_takes_its_cache_and_retention_its_change_rows(
