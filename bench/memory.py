@@ -40,7 +40,8 @@ class MemoryResult:
 def _sample(cli: psutil.Process, stop: threading.Event, peaks: dict[str, float]) -> None:
     while not stop.is_set():
         try:
-            procs = [p for p in cli.children(recursive=True) if "celery" in " ".join(p.cmdline())]
+            # The CLI's pool (`python -m tasks.workers`, tasks.workers.WorkerPool) and its children.
+            procs = [p for p in cli.children(recursive=True) if "tasks.workers" in " ".join(p.cmdline())]
             rss = [p.memory_info().rss for p in procs]
         except psutil.Error:
             rss = []

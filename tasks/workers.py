@@ -3,6 +3,7 @@ lock by which a long-running `mailpipe worker` tells later commands to hand thei
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -26,7 +27,7 @@ class WorkerPoolError(MailpipeError):
 
 
 class WorkerPool:
-    """A real `celery worker` subprocess (prefork, one child per core) on every queue."""
+    """A real Celery worker subprocess (prefork, one child per core) on every queue: `serve`, below."""
 
     def __init__(self, env: dict[str, str], concurrency: int, log_path: Path, log_level: str = "WARNING") -> None:
         self.env = env
@@ -41,10 +42,8 @@ class WorkerPool:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "tasks", "worker",
-                "-Q", ",".join(QUEUES), "-c", str(self.concurrency), "--pool", "prefork",
-                "-l", self.log_level, "-n", f"mailpipe-cli-{os.getpid()}@%h", "--without-heartbeat",
-                "--without-gossip", "--without-mingle",
+                sys.executable, "-m", "tasks.workers", "--concurrency", str(self.concurrency),
+                "--loglevel", self.log_level, "--hostname", f"mailpipe-cli-{os.getpid()}@%h",
             ],
             env=self.env,
             stdout=log,
@@ -157,3 +156,35 @@ def _lock_held(path: Path) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
+
+
+def serve(concurrency: int, log_level: str, hostname: str) -> int:
+    """Run the app's worker in this process on every queue until it is stopped; its exit code.
+
+    What `celery -A tasks worker -Q <every queue> --pool prefork --without-heartbeat --without-gossip
+    --without-mingle` does, without celery's command line: importing it and its plugins (Flower's
+    command among them) was ~0.3 s of every pool's start (ad-hoc, `python -X importtime`;
+    docs/PERFORMANCE.md, tenth round). Heartbeat, gossip and mingle are for a cluster of workers that
+    watch each other; this pool is alone on its broker."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    from tasks.app import app
+
+    worker = app.Worker(hostname=host_format(default_nodename(hostname)), pool_cls="prefork",
+                        loglevel=log_level, queues=list(QUEUES), concurrency=concurrency,
+                        without_heartbeat=True, without_gossip=True, without_mingle=True)
+    worker.start()
+    return int(worker.exitcode or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.workers", description=serve.__doc__)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--loglevel", default="WARNING")
+    parser.add_argument("--hostname", required=True, help="node name; %%h is this host's name")
+    args = parser.parse_args(argv)
+    return serve(args.concurrency, args.loglevel, args.hostname)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

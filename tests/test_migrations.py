@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from pipeline.storage.db import alembic_config, migrate
+from pipeline.storage.db import HEAD_REVISION, alembic_config, migrate, schema_revision
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -33,6 +39,26 @@ def test_upgrade_head_on_an_empty_database_then_check_finds_no_drift(empty_datab
     tables = set(inspect(create_engine(empty_database)).get_table_names())
     assert {"accounts", "sync_runs", "windows", "window_items", "messages", "threads", "contacts",
             "message_participants", "embedding_chunks", "insights", "failures"} <= tables
+
+
+def test_head_revision_is_where_the_migrations_end() -> None:
+    """migrate leaves a schema at HEAD_REVISION alone: a migration added without moving it would never run."""
+    assert ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head() == HEAD_REVISION
+
+
+def test_a_schema_at_head_is_left_without_loading_alembic_and_one_behind_is_migrated(empty_database: str) -> None:
+    assert schema_revision(empty_database) is None
+    migrate(empty_database)
+    assert schema_revision(empty_database) == HEAD_REVISION
+    check = ("import sys; from pipeline.storage.db import migrate; migrate(sys.argv[1]); "
+             "print('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", check, empty_database], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+    command.downgrade(alembic_config(empty_database), "-1")
+    assert schema_revision(empty_database) not in (None, HEAD_REVISION)
+    migrate(empty_database)
+    assert schema_revision(empty_database) == HEAD_REVISION
 
 
 def test_downgrade_to_base_and_up_again(empty_database: str) -> None:
