@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from bench.hierarchy import check_integrity, run_load, scan_logs
+from pipeline import progress_cache
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,8 @@ def test_a_tiny_load_completes_and_the_checks_catch_planted_inconsistencies(
 
     # The finished runs' progress is cached (by the call that finished each); the figures checked are the cache's.
     with engine.begin() as conn:
-        cached = conn.execute(text("UPDATE run_progress_cache SET progress = jsonb_set(progress, '{duplicates}', "
+        at = progress_cache.SLOTS.index("duplicates")
+        cached = conn.execute(text(f"UPDATE run_progress_cache SET progress = jsonb_set(progress, '{{f,{at}}}', "
                                    "'7') WHERE run_id = :r"), {"r": result.run_ids[0]}).rowcount
     assert cached == 1
     assert check_integrity(engine, result.run_ids).failed() == {"run progress figures that differ from the rows": 1}
