@@ -67,8 +67,8 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
         conn = s.connection()  # plain rows: the Session's ORM execution path is for objects
         accounts = conn.execute(_ACCOUNTS).all()
         runs = conn.execute(_LATEST_RUNS, {"recent_runs": recent_runs}).all()
-        # A run with current cached figures is shown from its row and them, without a RunProgress: that
-        # was ~20 µs a run, most of `status` at 1M (docs/PERFORMANCE.md, tenth round).
+        # A run with current cached figures is shown from its row and them, without a RunProgress: ~15 µs
+        # a run against 34 through one, for the ~166 cached of `status` at 1M (docs/PERFORMANCE.md, tenth round).
         shown = {run[0]: _entry(run, figures) for run in runs
                  if (figures := progress_cache.figures_from(run[_CACHED])) is not None}
         read = progress_of(conn, [run for run in runs if run[0] not in shown])
@@ -135,8 +135,8 @@ _CACHED = len(RUN_COLUMNS)  # `cached` (progress_cache.cached_figures) follows R
 
 
 def _entry(run: Sequence[Any], f: Mapping[str, Any]) -> dict[str, Any]:
-    """A run as `status` and the web API show it, from its row (RUN_COLUMNS' values first, in their order:
-    test_reports checks it) and its figures (progress_cache.FIGURES)."""
+    """A run as `status` and the web API show it, from its row (RUN_COLUMNS' values first, in RUN_FIELDS'
+    order: test_progress_cache checks it) and its figures (progress_cache.FIGURES)."""
     run_id, _, status, mode, source, reading_done, entries, windows_total, started_at, finished_at, error = (
         run[:_CACHED])
     failed_windows = f["stage_failed_windows"]
