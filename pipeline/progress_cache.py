@@ -25,8 +25,9 @@ from pipeline.storage.models import STAGES, RunChange, RunProgressCache
 log = logging.getLogger(__name__)
 
 # Bumped whenever the figures or their meaning change: rows of another layout are recomputed.
-# 2: the figures as one list (1: an object keyed by figure, whose parsing and reading were ~20 µs a run
-# of `status`'s ~35; docs/PERFORMANCE.md, tenth round).
+# 2: the figures as one list. 1 kept an object keyed by figure: parsing it, building the run's
+# RunProgress and then its entry took `status` 34 µs a run, ~15 from the list (docs/PERFORMANCE.md,
+# tenth round).
 VERSION = 2
 # RunProgress's fields that come from the windows and failures (the rest are the run's own columns).
 FIGURES = ("windows_finished", "stage_done", "stage_failed_windows", "enrichment_owed", "new_messages",
