@@ -163,9 +163,9 @@ def serve(concurrency: int, log_level: str, hostname: str) -> int:
 
     What `celery -A tasks worker -Q <every queue> --pool prefork --without-heartbeat --without-gossip
     --without-mingle` does, without celery's command line: importing it and its plugins (Flower's
-    command among them) was ~0.3 s of every pool's start (ad-hoc, `python -X importtime`;
-    docs/PERFORMANCE.md, tenth round). Heartbeat, gossip and mingle are for a cluster of workers that
-    watch each other; this pool is alone on its broker."""
+    command among them) was ~0.37 s of every pool's start (ready 2.25 → 1.875 s with embeddings off,
+    medians of five, ad-hoc; docs/PERFORMANCE.md, tenth round). Heartbeat, gossip and mingle are for a
+    cluster of workers that watch each other; this pool is alone on its broker."""
     from celery.utils.nodenames import default_nodename, host_format
 
     from tasks.app import app
