@@ -134,21 +134,28 @@ async def _load(base: str, tenants: list[Tenant], rate: float, seconds: float, c
     errors: dict[str, int] = {}
     late = 0
     answered = 0
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    # At most `connections` requests are handed to httpx at once; the rest wait here, still timed from
-    # when they were due (an open loop: a slow server is not given fewer requests). Handed to httpx all
-    # at once, a stall of the server queued thousands in its pool, whose every hand-over scans that
-    # queue: the generator spent a whole core on it, sent 34-68 requests/s and timed its own backlog
-    # (three runs in eleven, session 12; py-spy: httpcore's _assign_requests_to_connections).
-    in_flight = asyncio.Semaphore(connections)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
+    # One client per connection, each a pool of one, handed out from a queue: at most `connections`
+    # requests are in flight; the rest wait here, still timed from when they were due (an open loop: a
+    # slow server is not given fewer requests). Handed to httpx all at once, a stall of the server queued
+    # thousands in its pool, whose every hand-over scans that queue (session 12; py-spy: httpcore's
+    # _assign_requests_to_connections). One shared pool of 32 was still costly: each hand-over checks
+    # every idle connection's socket, ~23 µs a check under cProfile with anyio 4.16, ~0.7 ms a request; the
+    # generator then needed 0.8 of a core at 300/s and sent two requests in three late (cProfile,
+    # docs/PERFORMANCE.md, tenth round).
+    free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    clients = [httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=10.0)
+               for _ in range(connections)]
+    for c in clients:
+        free.put_nowait(c)
+    try:
         start = time.perf_counter()
 
         async def one(i: int, signed: bool) -> None:
             nonlocal late, answered
             due = start + i / rate
             tenant = tenants[i % len(tenants)]
-            async with in_flight:
+            client = await free.get()
+            try:
                 if time.perf_counter() - due > 0.010:
                     late += 1
                 body, headers = _request(tenant, i, signed)
@@ -163,6 +170,8 @@ async def _load(base: str, tenants: list[Tenant], rate: float, seconds: float, c
                 except httpx.HTTPError as exc:
                     key = type(exc).__name__
                     errors[key] = errors.get(key, 0) + 1
+            finally:
+                free.put_nowait(client)
             latencies.append((time.perf_counter() - due) * 1000)
 
         tasks = []
@@ -173,6 +182,9 @@ async def _load(base: str, tenants: list[Tenant], rate: float, seconds: float, c
             tasks.append(asyncio.create_task(one(i, rng.random() < SIGNED_SHARE)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+    finally:
+        for c in clients:
+            await c.aclose()
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return LoadResult(rate=rate, seconds=seconds, sent=total, answered_202=answered, errors=errors,
                       achieved_rate=round(total / elapsed, 1), p50_ms=round(cuts[49], 1), p95_ms=round(cuts[94], 1),
