@@ -33,20 +33,18 @@ VERSION = 2
 FIGURES = ("windows_finished", "stage_done", "stage_failed_windows", "enrichment_owed", "new_messages",
            "duplicates", "failed_messages", "gone_messages", "chunks_embedded", "quota_units")
 PER_STAGE = ("stage_done", "stage_failed_windows")
-# Where each figure sits in a cached row's list: FIGURES in order, a per-stage figure once per stage.
-SLOTS = tuple(f"{name}.{st}" if name in PER_STAGE else name
-              for name in FIGURES for st in (STAGES if name in PER_STAGE else ("",)))
+# Where each figure sits in a cached row's list: FIGURES in order, a per-stage figure once per stage
+# (its stage; None for a figure of the whole run). SLOTS, AT and document() all follow it.
+_KEYS = tuple((name, st) for name in FIGURES for st in (STAGES if name in PER_STAGE else (None,)))
+SLOTS = tuple(f"{name}.{st}" if st else name for name, st in _KEYS)
 
 
 def _positions() -> dict[str, int | slice]:
-    """Each figure's index in a cached row's list, or a per-stage figure's slice of it (SLOTS' order)."""
-    out: dict[str, int | slice] = {}
-    i = 0
-    for name in FIGURES:
-        width = len(STAGES) if name in PER_STAGE else 1
-        out[name] = slice(i, i + width) if name in PER_STAGE else i
-        i += width
-    return out
+    """Each figure's index in a cached row's list, or a per-stage figure's slice of it."""
+    first: dict[str, int] = {}
+    for i, (name, _) in enumerate(_KEYS):
+        first.setdefault(name, i)
+    return {name: slice(i, i + len(STAGES)) if name in PER_STAGE else i for name, i in first.items()}
 
 
 _AT = _positions()
@@ -89,9 +87,7 @@ def figures_from(cached: str | None) -> dict[str, Any] | None:
 
 def document(figures: Mapping[str, Any]) -> dict[str, Any]:
     """What a cached row keeps of a run's figures: their values in SLOTS' order, and the LAYOUT."""
-    values = [v for name in FIGURES
-              for v in ([figures[name][st] for st in STAGES] if name in PER_STAGE else [figures[name]])]
-    return {"layout": LAYOUT, "f": values}
+    return {"layout": LAYOUT, "f": [figures[name][st] if st else figures[name] for name, st in _KEYS]}
 
 
 # Every run's figures in one JSON object keyed by run id: a VALUES row per run made SQLAlchemy compile a

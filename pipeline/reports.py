@@ -16,7 +16,7 @@ from pipeline.counts import KINDS, counts_by_account
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
 from pipeline.progress_cache import FIGURES
-from pipeline.runs import RUN_COLUMNS, RUN_FIELDS, RunProgress, progress_of, runs_progress_in
+from pipeline.runs import CACHED, RUN_COLUMNS, RUN_FIELDS, RunProgress, progress_of, runs_progress_in
 from pipeline.storage.db import snapshot, transaction
 from pipeline.storage.models import (
     Account,
@@ -70,7 +70,7 @@ def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
         # A run with current cached figures is shown from its row and them, without a RunProgress: ~15 µs
         # a run against 34 through one, for the ~166 cached of `status` at 1M (docs/PERFORMANCE.md, tenth round).
         shown = {run[0]: _entry(run, figures) for run in runs
-                 if (figures := progress_cache.figures_from(run[_CACHED])) is not None}
+                 if (figures := progress_cache.figures_from(run[CACHED])) is not None}
         read = progress_of(conn, [run for run in runs if run[0] not in shown])
         snap = progress_cache.snapshot_of(conn) if read.cacheable else None
     if snap is not None:
@@ -131,14 +131,11 @@ def _run_dict(p: RunProgress) -> dict[str, Any]:
     return _entry(tuple(getattr(p, name) for name in RUN_FIELDS), {name: getattr(p, name) for name in FIGURES})
 
 
-_CACHED = len(RUN_COLUMNS)  # `cached` (progress_cache.cached_figures) follows RUN_COLUMNS in _LATEST_RUNS' rows
-
-
 def _entry(run: Sequence[Any], f: Mapping[str, Any]) -> dict[str, Any]:
     """A run as `status` and the web API show it, from its row (RUN_COLUMNS' values first, in RUN_FIELDS'
     order: test_progress_cache checks it) and its figures (progress_cache.FIGURES)."""
     run_id, _, status, mode, source, reading_done, entries, windows_total, started_at, finished_at, error = (
-        run[:_CACHED])
+        run[:CACHED])
     failed_windows = f["stage_failed_windows"]
     return {
         "run_id": run_id, "mode": mode, "status": status, "source": source,

@@ -597,7 +597,7 @@ RUN_COLUMNS = (SyncRun.id, SyncRun.account_id, SyncRun.status, SyncRun.mode, Syn
 # attribute by name (~0.8 µs on this project's machines), 11 of them per run were ~1.5 ms of a `status`
 # of 171 runs (ad-hoc timeit at 1M; docs/PERFORMANCE.md, ninth round).
 RUN_FIELDS = ("run_id", *(c.key for c in RUN_COLUMNS[1:]))
-_CACHED = len(RUN_COLUMNS)  # the position of `cached` in a row that has it
+CACHED = len(RUN_COLUMNS)  # the position of `cached` (progress_cache.cached_figures) in a row that has it
 _RUNS_BY_ID = (select(*RUN_COLUMNS, progress_cache.cached_figures(SyncRun.id))
                .where(SyncRun.id == any_(bindparam("run_ids", type_=ARRAY(BigInteger)))))
 
@@ -618,7 +618,7 @@ def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) 
     out: dict[int, RunProgress] = {}
     if not detail:
         for run in runs:
-            cached = run[_CACHED] if len(run) > _CACHED else None
+            cached = run[CACHED] if len(run) > CACHED else None
             if (figures := progress_cache.figures_from(cached)) is not None:
                 out[run[0]] = _progress(run, figures)
         runs = [run for run in runs if run[0] not in out]
@@ -701,6 +701,7 @@ __all__ = [
     "settle_claim",
     "record_failure",
     "run_progress",
+    "CACHED",
     "RUN_COLUMNS",
     "RUN_FIELDS",
     "progress_of",

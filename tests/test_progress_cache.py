@@ -71,16 +71,19 @@ def _shown(engine: Engine, run: int) -> dict[str, Any]:
     return shown
 
 
-def _truth(engine: Engine, run: int) -> dict[str, Any]:
-    """The run's figures aggregated from the rows (detail reads never use the cache)."""
+def _aggregated_progress(engine: Engine, run: int) -> RunProgress:
+    """The run's progress aggregated from the rows (detail reads never use the cache)."""
     with transaction(engine) as s:
-        return _key_figures(runs_progress_in(s, [run], detail=True)[run])
+        return runs_progress_in(s, [run], detail=True)[run]
+
+
+def _truth(engine: Engine, run: int) -> dict[str, Any]:
+    return _key_figures(_aggregated_progress(engine, run))
 
 
 def _figures(engine: Engine, run: int) -> dict[str, Any]:
     """Every cached figure of the run, aggregated from the rows."""
-    with transaction(engine) as s:
-        p = runs_progress_in(s, [run], detail=True)[run]
+    p = _aggregated_progress(engine, run)
     return {name: getattr(p, name) for name in progress_cache.FIGURES}
 
 
