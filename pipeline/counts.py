@@ -5,7 +5,7 @@ Triggers (migration 0012) write a delta in the same transaction as every insert 
 row, one row per (account, kind, transaction), so the sums equal `count(*)` in any snapshot, whoever
 wrote the rows, and concurrent writers never share a counter row. Here:
 
-- `stored_counts`: the sums; `counts_by_account` the same sums as a row per account, joined to the
+- `stored_counts`: the sums; `BY_ACCOUNT_SQL` the same sums as a row per account, joined to the
   accounts `status` reads (a few delta rows per account and kind once compacted).
 - `compact`: folds committed rows into one per account and kind (rows written since the last fold are
   what `status` sums beyond that), dropping the rows of accounts deleted since.
@@ -22,10 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import BigInteger, Connection, Engine, Subquery, cast, func, select, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
-
-from pipeline.storage.models import AccountCountDelta
 
 # kind -> (table, the rows counted). The triggers of migration 0012 count the same rows.
 COUNTED: dict[str, tuple[str, str]] = {
@@ -42,7 +40,6 @@ COUNTS_LOCK = 7_240_012  # advisory lock id of compact and verify (env.py's migr
 _XACT = "pg_current_xact_id()::text::bigint"  # this transaction's id: its own delta row
 
 Counts = dict[tuple[int, str], int]  # (account id, kind) -> count
-_deltas = AccountCountDelta.__table__
 
 
 _SUMS_SQL = "SELECT account_id, kind, sum(delta) AS n FROM account_count_deltas GROUP BY account_id, kind"
@@ -53,14 +50,13 @@ def stored_counts(db: Session | Connection) -> Counts:
     return {(int(a), str(k)): int(n) for a, k, n in rows}
 
 
-def counts_by_account() -> Subquery:
-    """The stored counts as one row per account (`account_id`) and a column per kind (KINDS; NULL for a
-    kind never counted), to join to a query of accounts: `status` reads its accounts and their counts in
-    one statement, with one pass over the delta rows and no row per account and kind (~600 at 100
-    accounts) or JSON to decode."""
-    return select(_deltas.c.account_id, *(
-        cast(func.sum(_deltas.c.delta).filter(_deltas.c.kind == kind), BigInteger).label(kind) for kind in KINDS
-    )).group_by(_deltas.c.account_id).subquery("counts")
+# The stored counts as one row per account (`account_id`) and a column per kind (KINDS; NULL for a kind
+# never counted), to join to a query of accounts: `status` reads its accounts and their counts in one
+# statement, with one pass over the delta rows and no row per account and kind (~600 at 100 accounts) or
+# JSON to decode.
+BY_ACCOUNT_SQL = ("SELECT account_id, " + ", ".join(
+    f"sum(delta) FILTER (WHERE kind = '{kind}')::bigint AS {kind}" for kind in KINDS
+) + " FROM account_count_deltas GROUP BY account_id")
 
 
 def actual_counts(db: Session | Connection) -> Counts:
@@ -165,4 +161,4 @@ def verify(engine: Engine) -> list[Drift]:
 
 
 __all__ = ["COUNTED", "KINDS", "REBUILD_SQL", "Compaction", "Counts", "Drift", "actual_counts", "compact",
-           "counts_by_account", "stored_counts", "verify"]
+           "BY_ACCOUNT_SQL", "stored_counts", "verify"]

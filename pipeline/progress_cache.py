@@ -1,11 +1,11 @@
 """Finished runs' progress figures, kept so `mailpipe status` does not aggregate them again.
 
 At 1M messages `status` shows ~170 runs, almost all finished; aggregating their windows and failures
-was ~8 ms of each call (docs/PERFORMANCE.md, db-scale). A run's figures are stored with the REPEATABLE
-READ snapshot they were computed in (by the call that finishes the run, `pipeline.runs.maybe_finish_run`,
-or by `status` when it had to aggregate them), and used while no transaction that changed the run's windows or
-failures committed after that snapshot: migration 0015's triggers log every such transaction in
-`run_changes`, and the check is made in the statement that reads the cached figures (the migration's
+was ~8 ms of each call (docs/PERFORMANCE.md, db-scale). A run's figures are stored with the snapshot of
+the one statement that computed them (by the call that finishes the run, `pipeline.runs.maybe_finish_run`,
+or by `status` when it had to aggregate them), and used while no transaction that changed the run's
+windows or failures committed after that snapshot: migration 0015's triggers log every such transaction
+in `run_changes`, and the check is made in the statement that reads the cached figures (the migration's
 docstring gives the argument). Nothing is ever invalidated, so caching never makes a writer wait.
 """
 
@@ -16,11 +16,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Label, SQLColumnExpression, Text, cast, exists, select, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.storage.db import transaction
-from pipeline.storage.models import STAGES, RunChange, RunProgressCache
+from pipeline.storage.models import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,16 @@ FIGURES = ("windows_finished", "stage_done", "stage_failed_windows", "enrichment
            "duplicates", "failed_messages", "gone_messages", "chunks_embedded", "quota_units")
 PER_STAGE = ("stage_done", "stage_failed_windows")
 # Where each figure sits in a cached row's list: FIGURES in order, a per-stage figure once per stage
-# (its stage; None for a figure of the whole run). SLOTS, AT and document() all follow it.
-_KEYS = tuple((name, st) for name in FIGURES for st in (STAGES if name in PER_STAGE else (None,)))
-SLOTS = tuple(f"{name}.{st}" if st else name for name, st in _KEYS)
+# (its stage; None for a figure of the whole run). SLOTS, AT, document() and the SQL that computes the
+# list (pipeline.runs) all follow it.
+KEYS = tuple((name, st) for name in FIGURES for st in (STAGES if name in PER_STAGE else (None,)))
+SLOTS = tuple(f"{name}.{st}" if st else name for name, st in KEYS)
 
 
 def _positions() -> dict[str, int | slice]:
     """Each figure's index in a cached row's list, or a per-stage figure's slice of it."""
     first: dict[str, int] = {}
-    for i, (name, _) in enumerate(_KEYS):
+    for i, (name, _) in enumerate(KEYS):
         first.setdefault(name, i)
     return {name: slice(i, i + len(STAGES)) if name in PER_STAGE else i for name, i in first.items()}
 
@@ -52,27 +53,27 @@ _AT = _positions()
 # when the stages were others, is not read (and is recomputed).
 LAYOUT = f"{VERSION}:{','.join(SLOTS)}"
 
-_cache = RunProgressCache.__table__
-_changes = RunChange.__table__
-# A change the cached snapshot did not see. Transactions below its xmin all finished before it was
-# taken, so only the run's change rows from there on are read (the primary key's range).
-_UNSEEN = text("NOT pg_visible_in_snapshot(run_changes.xact::text::xid8, run_progress_cache.snap::pg_snapshot)")
-
-
-def cached_figures(run_id: SQLColumnExpression[int]) -> Label[Any]:
-    """A column for a query of runs (`cached`): the run's cached figures when they are still current and of
-    this LAYOUT, else NULL. As the list's text, for figures_from: with psycopg loading jsonb, `status`'s
-    latest-runs statement took 7.5 ms with its 171 rows fetched, 3.7 as text (ad-hoc timeit at 1M;
-    docs/PERFORMANCE.md, ninth round)."""
-    stale = exists().where(_changes.c.run_id == _cache.c.run_id, _changes.c.xact >= _cache.c.snap_xmin, _UNSEEN)
-    progress = _cache.c.progress
-    return (select(cast(progress["f"], Text))
-            .where(_cache.c.run_id == run_id, progress["layout"].astext == LAYOUT, ~stale)
-            .scalar_subquery().label("cached"))
+# A run's cached list, when it is still current and of this LAYOUT (`:layout`), as the text of a LATERAL
+# subquery for a statement naming its run `r` (pipeline.runs.progress_sql). A change the cached snapshot
+# did not see makes it stale; transactions below the snapshot's xmin all finished before it was taken,
+# so only the run's change rows from there on are read (the primary key's range). As text, for
+# figures_from: with psycopg loading jsonb, `status`'s latest-runs statement took 7.5 ms with its 171 rows
+# fetched, 3.7 as text (ad-hoc timeit at 1M; docs/PERFORMANCE.md, ninth round).
+CURRENT_SQL = (
+    "SELECT (p.progress->'f')::text AS cached FROM run_progress_cache p "
+    "WHERE p.run_id = r.id AND p.progress->>'layout' = :layout "
+    # A list of its slots (CASE: a condition's operands are not evaluated in any set order).
+    "AND CASE WHEN jsonb_typeof(p.progress->'f') = 'array' THEN jsonb_array_length(p.progress->'f') END "
+    f"= {len(SLOTS)} "
+    "AND NOT EXISTS ("
+    "SELECT FROM run_changes ch WHERE ch.run_id = p.run_id AND ch.xact >= p.snap_xmin "
+    "AND NOT pg_visible_in_snapshot(ch.xact::text::xid8, p.snap::pg_snapshot))"
+)
 
 
 def figures_from(cached: str | None) -> dict[str, Any] | None:
-    """The figures of cached_figures' text, or None when there is none or it is not a list of SLOTS."""
+    """The figures of a list's text (CURRENT_SQL's, or aggregated by pipeline.runs.progress_sql), or None
+    when there is none or it is not a list of SLOTS."""
     if cached is None:
         return None
     try:
@@ -87,7 +88,7 @@ def figures_from(cached: str | None) -> dict[str, Any] | None:
 
 def document(figures: Mapping[str, Any]) -> dict[str, Any]:
     """What a cached row keeps of a run's figures: their values in SLOTS' order, and the LAYOUT."""
-    return {"layout": LAYOUT, "f": [figures[name][st] if st else figures[name] for name, st in _KEYS]}
+    return {"layout": LAYOUT, "f": [figures[name][st] if st else figures[name] for name, st in KEYS]}
 
 
 # Every run's figures in one JSON object keyed by run id: a VALUES row per run made SQLAlchemy compile a
@@ -101,14 +102,9 @@ _STORE = text(
 )
 
 
-def snapshot_of(conn: Connection) -> str:
-    """The snapshot the connection's REPEATABLE READ transaction reads (pg_snapshot's text form)."""
-    return str(conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one())
-
-
 def store(engine: Engine, snapshot: str, figures: Mapping[int, Mapping[str, Any]]) -> int:
-    """Keep these runs' figures, computed in `snapshot` (every statement of one REPEATABLE READ
-    transaction: figures read under READ COMMITTED may mix snapshots). Returns the rows written.
+    """Keep these runs' figures, computed in `snapshot` (pg_snapshot's text form: that of the one statement
+    that computed them, pipeline.runs.progress_sql). Returns the rows written.
 
     A run deleted since has nothing to keep: the foreign key refuses the row and nothing is written
     (the next call tries again)."""
@@ -128,5 +124,5 @@ def store(engine: Engine, snapshot: str, figures: Mapping[int, Mapping[str, Any]
     return len(figures)
 
 
-__all__ = ["FIGURES", "LAYOUT", "SLOTS", "VERSION", "cached_figures", "document", "figures_from", "snapshot_of",
+__all__ = ["CURRENT_SQL", "FIGURES", "KEYS", "LAYOUT", "SLOTS", "VERSION", "document", "figures_from",
            "store"]

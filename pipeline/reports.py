@@ -7,21 +7,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Integer, bindparam, select, true
+from sqlalchemy import Engine, select
 
 from pipeline import progress_cache
 from pipeline.accounts import reauth_advice
 from pipeline.contacts import rank_now
-from pipeline.counts import KINDS, counts_by_account
+from pipeline.counts import BY_ACCOUNT_SQL, KINDS
 from pipeline.errors import BadInputError, NotFoundError
 from pipeline.metrics import Snapshot, as_status
 from pipeline.progress_cache import FIGURES
-from pipeline.runs import CACHED, RUN_COLUMNS, RUN_FIELDS, RunProgress, progress_of, runs_progress_in
-from pipeline.storage.db import snapshot, transaction
+from pipeline.runs import (
+    CACHED,
+    RUN_COLUMNS_SQL,
+    RUN_FIELDS,
+    SNAPSHOT,
+    RunProgress,
+    figures_of,
+    progress_sql,
+    runs_progress_in,
+)
+from pipeline.storage.db import reading, snapshot, transaction
 from pipeline.storage.models import (
     Account,
     Contact,
-    SyncRun,
 )
 
 
@@ -45,54 +53,55 @@ def resolve_account(engine: Engine, email: str | None) -> tuple[int, str]:
     return int(rows[0][0]), str(rows[0][1])
 
 
-# Built once: building the LATERAL anew took ~0.4 ms of every status (ad-hoc, at 1M).
-_LATEST = (select(*RUN_COLUMNS).where(SyncRun.account_id == Account.id).order_by(SyncRun.started_at.desc())
-           .limit(bindparam("recent_runs", type_=Integer)).lateral())
-_LATEST_RUNS = (select(*_LATEST.c, progress_cache.cached_figures(_LATEST.c.id)).select_from(Account)
-                .join(_LATEST, true()).order_by(_LATEST.c.account_id, _LATEST.c.started_at.desc()))
-_COUNTS = counts_by_account()
-_ACCOUNTS = (select(Account.id, Account.email, Account.kind, Account.status, Account.status_reason,
-                    Account.history_id, Account.last_synced_at, *(_COUNTS.c[kind] for kind in KINDS))
-             .outerjoin(_COUNTS, _COUNTS.c.account_id == Account.id).order_by(Account.id))
+# An account's own columns that `status` shows, then its counts (pipeline.counts).
+_ACCOUNT_FIELDS = ("id", "email", "kind", "status", "status_reason", "history_id", "last_synced_at", *KINDS)
+_ACCOUNT = SNAPSHOT + 1  # where they start in a row of _STATUS, after the run's (pipeline.runs.progress_sql)
+# Every account with its counts and its latest runs with their figures, a row per run (or one without a
+# run): one statement, so one snapshot in which the counts and the runs' progress agree, with no
+# transaction around it (its BEGIN and COMMIT, and a statement for the accounts, were ~1 ms of a `status`
+# at 1M; docs/PERFORMANCE.md, eleventh round).
+_STATUS = progress_sql(
+    f"accounts a LEFT JOIN ({BY_ACCOUNT_SQL}) counts ON counts.account_id = a.id "
+    f"LEFT JOIN LATERAL (SELECT {RUN_COLUMNS_SQL} FROM sync_runs WHERE account_id = a.id "
+    "ORDER BY started_at DESC LIMIT :recent_runs) r ON true",
+    columns=", ".join([*(f"a.{name}" for name in _ACCOUNT_FIELDS[:7]), *(f"counts.{kind}" for kind in KINDS)]),
+    order="ORDER BY a.id, r.started_at DESC")
 
 
 def status(engine: Engine, recent_runs: int = 3) -> list[dict[str, Any]]:
-    """Per account: its counts and its latest runs. Two statements whatever the number of accounts and
+    """Per account: its counts and its latest runs, in one statement whatever the number of accounts and
     runs (one per account and count, and four per run, before: 1,900 round trips for 100 accounts;
-    docs/PERFORMANCE.md, db-scale): the accounts with their counts (the sums of their count deltas,
-    `pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages), and their latest runs
-    with the cached figures of those finished (`pipeline.progress_cache`). Runs without current figures
-    take two more (their windows and failures), and the finished ones among them are then cached."""
-    with snapshot(engine) as s:  # one snapshot: the counts and the runs' progress agree
-        conn = s.connection()  # plain rows: the Session's ORM execution path is for objects
-        accounts = conn.execute(_ACCOUNTS).all()
-        runs = conn.execute(_LATEST_RUNS, {"recent_runs": recent_runs}).all()
-        # A run with current cached figures is shown from its row and them, without a RunProgress: ~15 µs
-        # a run against 34 through one, for the ~166 cached of `status` at 1M (docs/PERFORMANCE.md, tenth round).
-        shown = {run[0]: _entry(run, figures) for run in runs
-                 if (figures := progress_cache.figures_from(run[CACHED])) is not None}
-        read = progress_of(conn, [run for run in runs if run[0] not in shown])
-        snap = progress_cache.snapshot_of(conn) if read.cacheable else None
-    if snap is not None:
-        progress_cache.store(engine, snap, read.cacheable)
-    shown.update((run_id, _run_dict(p)) for run_id, p in read.progress.items())
-    run_ids: dict[int, list[int]] = {}
-    for run in runs:  # by position (RUN_COLUMNS: id, account_id, ...): see pipeline.runs.RUN_FIELDS
-        run_ids.setdefault(int(run[1]), []).append(int(run[0]))
+    docs/PERFORMANCE.md, db-scale). The counts are the sums of the accounts' count deltas
+    (`pipeline.counts`: `count(*)` walked 2.7M index entries at 1M messages); the runs' figures are
+    cached, or aggregated in the same statement (`pipeline.runs.progress_sql`). The finished runs among
+    those aggregated are then cached (`pipeline.progress_cache`)."""
+    with reading(engine) as conn:
+        rows = conn.execute(_STATUS, {"recent_runs": recent_runs}).all()
+    read = figures_of(rows)
+    if read.snapshot is not None:
+        progress_cache.store(engine, read.snapshot, read.cacheable)
     out: list[dict[str, Any]] = []
-    for row in accounts:
-        a = row._mapping  # by key: a Row's attributes are looked up by name, ~0.8 µs each
-        out.append({
-            "email": a["email"],
-            "kind": a["kind"],
-            "status": a["status"],
-            # What the user has to do, when the account waits on them (e.g. reconnect).
-            "action": reauth_advice(a["email"], a["status_reason"]) if a["status"] == "needs_reauth" else None,
-            "history_id": a["history_id"],
-            "last_synced_at": _iso(a["last_synced_at"]),
-            **{kind: a[kind] or 0 for kind in KINDS},
-            "runs": [shown[rid] for rid in run_ids.get(a["id"], []) if rid in shown],
-        })
+    runs: list[dict[str, Any]] = []
+    account = None
+    for row in rows:
+        if row[_ACCOUNT] != account:  # rows come by account, then its runs latest first
+            a = dict(zip(_ACCOUNT_FIELDS, row[_ACCOUNT:], strict=True))
+            account, runs = a["id"], []
+            out.append({
+                "email": a["email"],
+                "kind": a["kind"],
+                "status": a["status"],
+                # What the user has to do, when the account waits on them (e.g. reconnect).
+                "action": reauth_advice(a["email"], a["status_reason"]) if a["status"] == "needs_reauth" else None,
+                "history_id": a["history_id"],
+                "last_synced_at": _iso(a["last_synced_at"]),
+                **{kind: a[kind] or 0 for kind in KINDS},
+                "runs": runs,
+            })
+        if row[0] is not None:
+            # From the run's row and its figures, without a RunProgress: ~15 µs a run against 34 through
+            # one, for the ~171 runs of `status` at 1M (docs/PERFORMANCE.md, tenth round).
+            runs.append(_entry(row, read.figures[row[0]]))
     return out
 
 

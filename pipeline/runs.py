@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Engine, any_, bindparam, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, Engine, TextClause, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, NoResultFound, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -24,7 +23,7 @@ from pipeline import progress_cache
 from pipeline.enrichment import ENRICHMENT_STAGES, RESUMABLE_CLASSES
 from pipeline.errors import RunConflictError
 from pipeline.records import RawMessage
-from pipeline.storage.db import snapshot, transaction
+from pipeline.storage.db import reading, transaction
 from pipeline.storage.models import (
     DONE,
     FAILED,
@@ -297,11 +296,9 @@ def maybe_finish_run(engine: Engine, run_id: int) -> bool:
 def remember_progress(engine: Engine, run_ids: Sequence[int]) -> int:
     """Compute these runs' progress in one snapshot and cache the figures of those finished; returns
     how many were cached."""
-    with snapshot(engine) as s:
-        conn = s.connection()
-        read = progress_of(conn, conn.execute(_RUNS_BY_ID, {"run_ids": list(run_ids)}).all())
-        snap = progress_cache.snapshot_of(conn) if read.cacheable else None
-    return progress_cache.store(engine, snap, read.cacheable) if snap is not None else 0
+    with reading(engine) as conn:  # one statement: its snapshot is the figures'
+        read = figures_of(conn.execute(_RUNS_BY_ID, {"run_ids": list(run_ids)}).all())
+    return progress_cache.store(engine, read.snapshot, read.cacheable) if read.snapshot is not None else 0
 
 
 # ---------------------------------------------------------------- windows
@@ -522,72 +519,55 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
 
 
 def runs_progress(engine: Engine, run_ids: Sequence[int]) -> dict[int, RunProgress]:
-    """The progress of several runs, in three statements whatever their number (one call per run was
-    four round trips each), one when every run's figures are cached (pipeline.progress_cache)."""
+    """The progress of several runs, in one statement whatever their number (one call per run was four
+    round trips each): progress_sql."""
     with transaction(engine) as s:
         return runs_progress_in(s, run_ids)
 
 
-_STAGE_SUMS = ", ".join(
-    f"coalesce(sum(size) FILTER (WHERE {st} IN {_TERMINAL_SQL}), 0), count(*) FILTER (WHERE {st} = 'failed')"
-    for st in STAGES
-)
 _STAGE_COLUMNS = ", ".join(STAGES)
-# GROUPING(ingest, ..., insight) has a bit set for each stage column a row is not grouped by: all of
-# them for a run's own row, all but one for a row counting one stage's windows in one state.
-_RUN_ROW = (1 << len(STAGES)) - 1
-_FAILURES_RUN_ROW = 3  # GROUPING(stage, error_class) of a run's own row of failures
 _ENRICHMENT_SQL = ", ".join(f"'{st}'" for st in ENRICHMENT_STAGES)
 _RESUMABLE_SQL = ", ".join(f"'{c}'" for c in RESUMABLE_CLASSES)
 
-
-def _windows_sql(detail: bool) -> str:
-    """Per run: finished windows, per stage messages through it and failed windows, and the run's sums.
-    With detail, the same scan also counts each stage's windows by state (a grouping set per stage)."""
-    groups = ("GROUPING SETS ((run_id), " + ", ".join(f"(run_id, {st})" for st in STAGES) + ")"
-              if detail else "run_id")
-    grouping = f"GROUPING({_STAGE_COLUMNS})" if detail else str(_RUN_ROW)
-    states = _STAGE_COLUMNS if detail else ", ".join("NULL" for _ in STAGES)
-    return (
-        f"SELECT run_id, {grouping}, {states}, count(*), count(*) FILTER (WHERE finished), {_STAGE_SUMS}, "
-        "coalesce(sum(new_messages), 0), coalesce(sum(duplicates), 0), coalesce(sum(chunks_embedded), 0), "
-        f"coalesce(sum(quota_units), 0) FROM windows WHERE run_id = ANY(:ids) GROUP BY {groups}"
-    )
-
-
-def _failures_sql(detail: bool) -> str:
-    """Per run: failed and gone items (distinct across stages), enrichment owed to the sweep; with
-    detail, also failure rows by stage and class, from the same scan."""
-    groups = "GROUPING SETS ((run_id), (run_id, stage, error_class))" if detail else "run_id"
-    grouping = "GROUPING(stage, error_class)" if detail else str(_FAILURES_RUN_ROW)
-    keys = "stage, error_class" if detail else "NULL, NULL"
-    return (
-        f"SELECT run_id, {grouping}, {keys}, count(*), "
-        "count(DISTINCT item_ref) FILTER (WHERE item_ref <> 'window' AND error_class <> 'gone'), "
-        "count(DISTINCT item_ref) FILTER (WHERE item_ref <> 'window' AND error_class = 'gone'), "
-        f"count(*) FILTER (WHERE item_ref = 'window' AND stage IN ({_ENRICHMENT_SQL}) "
-        f"AND error_class IN ({_RESUMABLE_SQL})) "
-        f"FROM failures WHERE run_id = ANY(:ids) GROUP BY {groups}"
-    )
+# How each of progress_cache.FIGURES is computed from a run's rows: the table it aggregates, and the
+# aggregate (a per-stage figure's formatted with its stage, `{st}`).
+_FIGURE_SQL: dict[str, tuple[str, str]] = {
+    "windows_finished": ("windows", "count(*) FILTER (WHERE finished)"),
+    "stage_done": ("windows", f"coalesce(sum(size) FILTER (WHERE {{st}} IN {_TERMINAL_SQL}), 0)"),
+    "stage_failed_windows": ("windows", "count(*) FILTER (WHERE {st} = 'failed')"),
+    "enrichment_owed": ("failures", f"count(*) FILTER (WHERE item_ref = 'window' AND stage IN ({_ENRICHMENT_SQL}) "
+                                    f"AND error_class IN ({_RESUMABLE_SQL}))"),
+    "new_messages": ("windows", "coalesce(sum(new_messages), 0)"),
+    "duplicates": ("windows", "coalesce(sum(duplicates), 0)"),
+    # Items, not rows: one message may have failed at several stages.
+    "failed_messages": ("failures", "count(DISTINCT item_ref) FILTER (WHERE item_ref <> 'window' "
+                                    "AND error_class <> 'gone')"),
+    "gone_messages": ("failures", "count(DISTINCT item_ref) FILTER (WHERE item_ref <> 'window' "
+                                  "AND error_class = 'gone')"),
+    "chunks_embedded": ("windows", "coalesce(sum(chunks_embedded), 0)"),
+    "quota_units": ("windows", "coalesce(sum(quota_units), 0)"),
+}
 
 
-def runs_progress_in(s: Session | Connection, run_ids: Sequence[int], *,
-                     detail: bool = False) -> dict[int, RunProgress]:
-    """runs_progress in the caller's transaction (the web API's run page reads more in the same one).
+def _figures_sql() -> str:
+    """A LATERAL subquery for a run `r` whose current cached list is `kept.cached`: when there is none, the
+    run's figures aggregated from its windows and failures, as a list in the cache's layout (`figures`,
+    progress_cache.KEYS), and its unfinished windows; no row otherwise (and neither table is read)."""
+    parts: dict[str, list[str]] = {"windows": ["count(*) FILTER (WHERE NOT finished) AS unfinished"], "failures": []}
+    for i, (name, st) in enumerate(progress_cache.KEYS):
+        table, aggregate = _FIGURE_SQL[name]
+        parts[table].append(f"{aggregate.format(st=st)} AS f{i}")
+    listed = ", ".join(f"f{i}" for i in range(len(progress_cache.KEYS)))
+    return (f"SELECT json_build_array({listed})::text AS figures, unfinished "
+            f"FROM (SELECT {', '.join(parts['windows'])} FROM windows WHERE run_id = r.id) w, "
+            f"(SELECT {', '.join(parts['failures'])} FROM failures WHERE run_id = r.id) f "
+            # OFFSET 0 keeps the subquery from being pulled up into the join, where the condition
+            # became a join filter applied after both aggregates had run for every run (EXPLAIN at 1M):
+            # in it, the condition is checked once per run, before either table is read.
+            "WHERE kept.cached IS NULL OFFSET 0")
 
-    `detail` also fills windows_by_state and failures_by_stage from the same two scans (grouping sets):
-    the run page costs the three statements `status` does, not six."""
-    ids = list(dict.fromkeys(int(r) for r in run_ids))
-    if not ids:
-        return {}
-    # Plain SQL on the session's connection: through the Session, the ORM's execution path was a quarter
-    # of the run page's time in process (py-spy at 1M), for statements that load no object.
-    conn = s.connection() if isinstance(s, Session) else s
-    # One array parameter, not IN with a parameter per run: with hundreds of runs an expanded IN made
-    # each statement's text (and its parsing, on both sides) grow with them.
-    runs = conn.execute(_RUNS_BY_ID, {"run_ids": ids}).all()
-    return progress_of(conn, runs, detail=detail).progress
 
+_FIGURES_SQL = _figures_sql()
 
 # A run's own columns that its progress shows, read as plain rows rather than SyncRun objects (`status`
 # reads ~170 runs; a row is cheaper to build than an ORM object, and the progress needs no more).
@@ -597,77 +577,119 @@ RUN_COLUMNS = (SyncRun.id, SyncRun.account_id, SyncRun.status, SyncRun.mode, Syn
 # attribute by name (~0.8 µs on this project's machines), 11 of them per run were ~1.5 ms of a `status`
 # of 171 runs (ad-hoc timeit at 1M; docs/PERFORMANCE.md, ninth round).
 RUN_FIELDS = ("run_id", *(c.key for c in RUN_COLUMNS[1:]))
-CACHED = len(RUN_COLUMNS)  # the position of `cached` (progress_cache.cached_figures) in a row that has it
-_RUNS_BY_ID = (select(*RUN_COLUMNS, progress_cache.cached_figures(SyncRun.id))
-               .where(SyncRun.id == any_(bindparam("run_ids", type_=ARRAY(BigInteger)))))
+RUN_COLUMNS_SQL = ", ".join(c.name for c in RUN_COLUMNS)
+# After them, in a row of progress_sql: the run's current cached list, the list aggregated now (when
+# there was none), its unfinished windows (with it), and the statement's snapshot (pg_snapshot's text);
+# then the caller's own columns.
+CACHED, COMPUTED, UNFINISHED, SNAPSHOT = range(len(RUN_COLUMNS), len(RUN_COLUMNS) + 4)
+_STATUS = RUN_FIELDS.index("status")
+
+
+def progress_sql(runs: str, *, columns: str = "", where: str = "", order: str = "",
+                 use_cache: bool = True) -> TextClause:
+    """A statement reading runs (`runs`, a FROM clause naming them `r`) with their progress figures, in one
+    round trip whatever their number: a run's cached list when it is current (pipeline.progress_cache),
+    else aggregated from its windows and failures in the same statement (a running run's took two
+    statements more before: ~0.5 ms of a `status` at 1M; docs/PERFORMANCE.md, eleventh round). One
+    statement, so one snapshot, whose figures may be cached as they are (SNAPSHOT). Rows: RUN_COLUMNS,
+    then CACHED, COMPUTED, UNFINISHED and SNAPSHOT, then `columns`; for figures_of."""
+    kept = progress_cache.CURRENT_SQL if use_cache else "SELECT NULL::text AS cached"
+    statement = text(
+        f"SELECT {', '.join('r.' + c.name for c in RUN_COLUMNS)}, kept.cached, agg.figures, agg.unfinished, "
+        f"pg_current_snapshot()::text{', ' + columns if columns else ''} "
+        f"FROM {runs} LEFT JOIN LATERAL ({kept}) kept ON true LEFT JOIN LATERAL ({_FIGURES_SQL}) agg ON true "
+        f"{where} {order}")
+    return statement.bindparams(layout=progress_cache.LAYOUT) if use_cache else statement
+
+
+# One array parameter, not IN with a parameter per run: with hundreds of runs an expanded IN made each
+# statement's text (and its parsing, on both sides) grow with them.
+_RUNS_BY_ID = progress_sql("sync_runs r", where="WHERE r.id = ANY(:run_ids)")
+_RUNS_BY_ID_AGGREGATED = progress_sql("sync_runs r", where="WHERE r.id = ANY(:run_ids)", use_cache=False)
+
+
+def runs_progress_in(s: Session | Connection, run_ids: Sequence[int], *,
+                     detail: bool = False) -> dict[int, RunProgress]:
+    """runs_progress in the caller's transaction (the web API's run page reads more in the same one).
+
+    `detail` also fills windows_by_state and failures_by_stage (two statements more), and aggregates the
+    figures from the rows in the same snapshot rather than reading them cached: the run page's parts agree."""
+    ids = list(dict.fromkeys(int(r) for r in run_ids))
+    if not ids:
+        return {}
+    # Plain SQL on the session's connection: through the Session, the ORM's execution path was a quarter
+    # of the run page's time in process (py-spy at 1M), for statements that load no object.
+    conn = s.connection() if isinstance(s, Session) else s
+    runs = conn.execute(_RUNS_BY_ID_AGGREGATED if detail else _RUNS_BY_ID, {"run_ids": ids}).all()
+    return progress_of(conn, runs, detail=detail).progress
+
+
+@dataclass(frozen=True, slots=True)
+class FiguresRead:
+    figures: dict[int, dict[str, Any]]  # run id -> progress_cache.FIGURES
+    # Runs whose figures were aggregated by this read and that were finished in its snapshot (not queued or
+    # running, every window finished), and that snapshot: for progress_cache.store.
+    cacheable: dict[int, dict[str, Any]]
+    snapshot: str | None
+
+
+def figures_of(runs: Sequence[Any]) -> FiguresRead:
+    """The figures of runs read by one progress_sql statement (a row without a run, None first, is skipped)."""
+    figures: dict[int, dict[str, Any]] = {}
+    cacheable: dict[int, dict[str, Any]] = {}
+    for run in runs:
+        if run[0] is None:
+            continue
+        computed = run[COMPUTED]
+        got = progress_cache.figures_from(run[CACHED] if computed is None else computed)
+        if got is None:  # CURRENT_SQL reads only lists of the layout's slots, and the statement writes them
+            raise ValueError(f"run {run[0]}: progress figures not a list of {len(progress_cache.SLOTS)}")
+        figures[run[0]] = got
+        if computed is not None and run[_STATUS] not in (QUEUED, RUNNING) and run[UNFINISHED] == 0:
+            cacheable[run[0]] = got
+    return FiguresRead(figures, cacheable, runs[0][SNAPSHOT] if cacheable else None)
+
+
+# GROUPING(ingest, ..., insight) has a bit set for each stage column a row is not grouped by: all of them
+# but the one whose windows the row counts in one state.
+_BY_STATE = text(
+    f"SELECT run_id, GROUPING({_STAGE_COLUMNS}), {_STAGE_COLUMNS}, count(*) FROM windows WHERE run_id = ANY(:ids) "
+    f"GROUP BY GROUPING SETS ({', '.join(f'(run_id, {st})' for st in STAGES)})")
+_BY_CLASS = text("SELECT run_id, stage, error_class, count(*) FROM failures WHERE run_id = ANY(:ids) "
+                 "GROUP BY run_id, stage, error_class")
+
+
+def _breakdowns(conn: Connection, ids: list[int]) -> tuple[dict[int, dict[str, dict[str, int]]],
+                                                             dict[int, dict[str, dict[str, int]]]]:
+    """Per run: each stage's windows by state, and its failure rows by stage and class."""
+    n_stages = len(STAGES)
+    by_state: dict[int, dict[str, dict[str, int]]] = {}
+    for row in conn.execute(_BY_STATE, {"ids": ids}):
+        run_id, grouping = int(row[0]), int(row[1])
+        for i, stage in enumerate(STAGES):
+            if not grouping & (1 << (n_stages - 1 - i)):  # the stage this row counts windows of
+                by_state.setdefault(run_id, {}).setdefault(stage, {})[row[2 + i]] = int(row[2 + n_stages])
+    by_stage: dict[int, dict[str, dict[str, int]]] = {}
+    for run_id, stage, error_class, n in conn.execute(_BY_CLASS, {"ids": ids}):
+        by_stage.setdefault(int(run_id), {}).setdefault(stage, {})[error_class] = int(n)
+    return by_state, by_stage
 
 
 @dataclass(frozen=True, slots=True)
 class ProgressRead:
     progress: dict[int, RunProgress]
-    # Runs aggregated by this read that were finished in its snapshot (not queued or running, every
-    # window finished): their figures, for progress_cache.store when the read was one snapshot.
-    cacheable: dict[int, dict[str, Any]]
+    cacheable: dict[int, dict[str, Any]]  # as in FiguresRead
+    snapshot: str | None
 
 
 def progress_of(conn: Connection, runs: Sequence[Any], *, detail: bool = False) -> ProgressRead:
-    """The progress of runs already read: rows with RUN_COLUMNS' names and, optionally, `cached`
-    (`progress_cache.cached_figures`). A run with current cached figures is not aggregated again
-    (unless `detail` is asked for, which the cache does not keep); the others take two statements
-    whatever their number. `status` reads its runs with the accounts' latest-runs query itself."""
-    out: dict[int, RunProgress] = {}
-    if not detail:
-        for run in runs:
-            cached = run[CACHED] if len(run) > CACHED else None
-            if (figures := progress_cache.figures_from(cached)) is not None:
-                out[run[0]] = _progress(run, figures)
-        runs = [run for run in runs if run[0] not in out]
-    if not runs:
-        return ProgressRead(out, {})  # all cached, or no such run (the web API's 404)
-    ids = [int(run.id) for run in runs]
-    n_stages = len(STAGES)
-    sums: dict[int, Sequence[Any]] = {}
-    by_state: dict[int, dict[str, dict[str, int]]] = {}
-    for row in conn.execute(text(_windows_sql(detail)), {"ids": ids}):
-        run_id, grouping = int(row[0]), int(row[1])
-        if grouping == _RUN_ROW:
-            sums[run_id] = row[2 + n_stages :]  # count(*) first, then as `empty` below
-            continue
-        for i, stage in enumerate(STAGES):
-            if not grouping & (1 << (n_stages - 1 - i)):  # the stage this row counts windows of
-                by_state.setdefault(run_id, {}).setdefault(stage, {})[row[2 + i]] = int(row[2 + n_stages])
-    items: dict[int, tuple[int, int, int]] = {}  # run -> failed items, gone items, owed windows
-    by_stage: dict[int, dict[str, dict[str, int]]] = {}
-    for run_id, grouping, stage, error_class, n, failed, gone, owed in conn.execute(
-        text(_failures_sql(detail)), {"ids": ids}
-    ):
-        if grouping == _FAILURES_RUN_ROW:
-            items[int(run_id)] = (int(failed), int(gone), int(owed))
-        else:
-            by_stage.setdefault(int(run_id), {}).setdefault(stage, {})[error_class] = int(n)
-    tail = 2 + 2 * n_stages  # after count(*), finished and the stage pairs: the four sums
-    empty = (0,) * (tail + 4)
-    cacheable: dict[int, dict[str, Any]] = {}
-    for run in runs:
-        got = sums.get(run.id, empty)
-        failed, gone, owed = items.get(run.id, (0, 0, 0))
-        figures = {
-            "windows_finished": int(got[1]),
-            "stage_done": {st: int(got[2 + 2 * i]) for i, st in enumerate(STAGES)},
-            "stage_failed_windows": {st: int(got[3 + 2 * i]) for i, st in enumerate(STAGES)},
-            "enrichment_owed": owed,
-            "new_messages": int(got[tail]),
-            "duplicates": int(got[tail + 1]),
-            "failed_messages": failed,
-            "gone_messages": gone,
-            "chunks_embedded": int(got[tail + 2]),
-            "quota_units": int(got[tail + 3]),
-        }
-        # Both empty without detail.
-        out[run.id] = _progress(run, figures, by_state.get(run.id, {}), by_stage.get(run.id, {}))
-        if run.status not in (QUEUED, RUNNING) and got[0] == got[1]:
-            cacheable[run.id] = figures
-    return ProgressRead(out, cacheable)
+    """The progress of runs read by one progress_sql statement; with `detail`, their windows by state and
+    failures by class too (two statements whatever their number)."""
+    read = figures_of(runs)
+    by_state, by_stage = _breakdowns(conn, list(read.figures)) if detail and read.figures else ({}, {})
+    progress = {run[0]: _progress(run, read.figures[run[0]], by_state.get(run[0]), by_stage.get(run[0]))
+                for run in runs}
+    return ProgressRead(progress, read.cacheable, read.snapshot)
 
 
 def _progress(run: Any, figures: dict[str, Any], windows_by_state: dict[str, dict[str, int]] | None = None,
@@ -702,6 +724,13 @@ __all__ = [
     "record_failure",
     "run_progress",
     "CACHED",
+    "COMPUTED",
+    "FiguresRead",
+    "SNAPSHOT",
+    "UNFINISHED",
+    "figures_of",
+    "progress_sql",
+    "RUN_COLUMNS_SQL",
     "RUN_COLUMNS",
     "RUN_FIELDS",
     "progress_of",

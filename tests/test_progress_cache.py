@@ -13,21 +13,21 @@ from sqlalchemy import Engine, text
 
 from pipeline import progress_cache
 from pipeline.records import RawMessage
-from pipeline.reports import _LATEST_RUNS, status
+from pipeline.reports import _STATUS, status
 from pipeline.runs import (
     STAGES,
-    ProgressRead,
+    FiguresRead,
     RunProgress,
     add_window,
     begin_run,
     end_reading,
     ensure_account,
-    progress_of,
+    figures_of,
     record_failure,
     run_progress,
     runs_progress_in,
 )
-from pipeline.storage.db import snapshot, transaction
+from pipeline.storage.db import reading, transaction
 
 SENTINEL = 999_999  # written into a cached row: seen in `status` only if the row was used
 
@@ -53,16 +53,15 @@ def _forget(engine: Engine) -> None:
         s.execute(text("DELETE FROM run_progress_cache"))
 
 
-def _aggregated(engine: Engine, meanwhile: Callable[[], None] | None = None) -> tuple[ProgressRead, str]:
-    """What `status` does before it stores: the latest runs aggregated in one snapshot S, and S;
-    `meanwhile` runs (and commits) while S is still open."""
-    with snapshot(engine) as s:
-        conn = s.connection()
-        read = progress_of(conn, conn.execute(_LATEST_RUNS, {"recent_runs": 3}).all())
-        snap = progress_cache.snapshot_of(conn)
-        if meanwhile is not None:
-            meanwhile()
-    return read, snap
+def _aggregated(engine: Engine, meanwhile: Callable[[], None] | None = None) -> tuple[FiguresRead, str]:
+    """What `status` does before it stores: the latest runs' figures aggregated in one statement, whose
+    snapshot is S, and S; `meanwhile` runs (and commits) after it, before anything is stored."""
+    with reading(engine) as conn:
+        read = figures_of(conn.execute(_STATUS, {"recent_runs": 3}).all())
+    if meanwhile is not None:
+        meanwhile()
+    assert read.snapshot is not None, "nothing cacheable was aggregated"
+    return read, read.snapshot
 
 
 def _shown(engine: Engine, run: int) -> dict[str, Any]:
@@ -352,3 +351,52 @@ def test_the_cached_figures_are_every_progress_field_the_windows_and_failures_gi
     own = {"run_id" if c.key == "id" else c.key for c in RUN_COLUMNS}
     detail = {"windows_by_state", "failures_by_stage"}
     assert set(progress_cache.FIGURES) == {f.name for f in fields(RunProgress)} - own - detail
+
+
+def _statements_during(engine: Engine, call: Callable[[], Any]) -> list[str]:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_status_reads_cached_and_running_runs_in_one_statement(engine: Engine) -> None:
+    """A running run's figures are aggregated in the statement that reads the accounts and their latest
+    runs, beside the cached ones: `status` is one statement whatever the runs' states."""
+    account, done_run, _ = _finished_run(engine)
+    running = begin_run(engine, account, "import", "test", stale_seconds=60)
+    wid = add_window(engine, running, 0, [RawMessage(f"offset:9:{j}", b"Subject: x\n\nhi\n") for j in range(3)])
+    with transaction(engine) as s:
+        s.execute(text("UPDATE windows SET ingest = 'done', new_messages = 3 WHERE id = :id"), {"id": wid})
+        record_failure(s, account, running, wid, "offset:9:1", "normalize", "permanent", "bad")
+    _shown(engine, done_run)  # the finished run's figures cached
+    _tamper(engine, done_run)
+    statements = _statements_during(engine, lambda: status(engine))
+    assert len(statements) == 1, statements
+    assert _shown(engine, done_run)["new_messages"] == SENTINEL  # read from the cache
+    shown = _shown(engine, running)
+    assert _as_truth(shown) == _truth(engine, running)
+    assert (shown["new_messages"], shown["failed"], shown["stages"]["ingest"]["messages_done"]) == (3, 1, 3)
+    with engine.connect() as conn:  # still running: not cached
+        assert conn.execute(text("SELECT count(*) FROM run_progress_cache WHERE run_id = :r"),
+                            {"r": running}).scalar_one() == 0
+
+
+def test_a_cached_list_not_of_its_layouts_slots_is_not_read_and_is_recomputed(engine: Engine) -> None:
+    _, run, _ = _finished_run(engine)
+    _shown(engine, run)
+    with transaction(engine) as s:  # this layout, but not a list of its slots
+        s.execute(text("UPDATE run_progress_cache SET progress = jsonb_set(progress, '{f}', '[1, 2]')"))
+    assert _as_truth(_shown(engine, run)) == _truth(engine, run)
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT (progress->'f')::text FROM run_progress_cache")).scalar_one()
+    assert progress_cache.figures_from(kept) == _figures(engine, run)
