@@ -530,7 +530,7 @@ _ENRICHMENT_SQL = ", ".join(f"'{st}'" for st in ENRICHMENT_STAGES)
 _RESUMABLE_SQL = ", ".join(f"'{c}'" for c in RESUMABLE_CLASSES)
 
 # How each of progress_cache.FIGURES is computed from a run's rows: the table it aggregates, and the
-# aggregate (a per-stage figure's formatted with its stage, `{st}`).
+# aggregate (for a per-stage figure, formatted with the stage as `{st}`).
 _FIGURE_SQL: dict[str, tuple[str, str]] = {
     "windows_finished": ("windows", "count(*) FILTER (WHERE finished)"),
     "stage_done": ("windows", f"coalesce(sum(size) FILTER (WHERE {{st}} IN {_TERMINAL_SQL}), 0)"),
