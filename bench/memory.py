@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,19 +36,28 @@ class MemoryResult:
     peak_pool_mib: float
     new_messages: int
     chunks_embedded: int
+    # Each pool child's own peak (a child is replaced after a number of tasks, so a larger mailbox has
+    # more of them): how many were seen, and the median of their peaks; the pool's parent's peak.
+    children: int = 0
+    child_median_mib: float = 0.0
+    parent_mib: float = 0.0
 
 
-def _sample(cli: psutil.Process, stop: threading.Event, peaks: dict[str, float]) -> None:
+def _sample(cli: psutil.Process, stop: threading.Event, peaks: dict[str, float],
+            by_pid: dict[int, float], parents: set[int]) -> None:
     while not stop.is_set():
         try:
             # The CLI's pool (`python -m tasks.workers`, tasks.workers.WorkerPool) and its children.
             procs = [p for p in cli.children(recursive=True) if "tasks.workers" in " ".join(p.cmdline())]
-            rss = [p.memory_info().rss for p in procs]
+            rss = {p.pid: p.memory_info().rss for p in procs}
+            parents.update(p.pid for p in procs if p.ppid() == cli.pid)
         except psutil.Error:
-            rss = []
+            rss = {}
         if rss:
-            peaks["process"] = max(peaks["process"], max(rss))
-            peaks["pool"] = max(peaks["pool"], sum(rss))
+            peaks["process"] = max(peaks["process"], max(rss.values()))
+            peaks["pool"] = max(peaks["pool"], sum(rss.values()))
+            for pid, value in rss.items():
+                by_pid[pid] = max(by_pid.get(pid, 0.0), value)
         stop.wait(0.2)
 
 
@@ -63,8 +73,11 @@ def measure(size: int, workdir: Path, seed: int) -> MemoryResult:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     peaks = {"process": 0.0, "pool": 0.0}
+    by_pid: dict[int, float] = {}
+    parents: set[int] = set()
     stop = threading.Event()
-    sampler = threading.Thread(target=_sample, args=(psutil.Process(proc.pid), stop, peaks), daemon=True)
+    sampler = threading.Thread(target=_sample, args=(psutil.Process(proc.pid), stop, peaks, by_pid, parents),
+                               daemon=True)
     sampler.start()
     out, err = proc.communicate()
     stop.set()
@@ -73,6 +86,7 @@ def measure(size: int, workdir: Path, seed: int) -> MemoryResult:
         summary = json.loads(out)
     except ValueError:
         raise SystemExit(f"import of {size} messages failed ({proc.returncode}): {err[-2000:]}") from None
+    children = [v for pid, v in by_pid.items() if pid not in parents]
     if proc.returncode != 0:
         # Keep the figures, but say what failed: the worker log is about to be deleted with the home.
         log = (home / "logs" / "worker.log")
@@ -86,6 +100,9 @@ def measure(size: int, workdir: Path, seed: int) -> MemoryResult:
         peak_pool_mib=round(peaks["pool"] / 2**20, 1),
         new_messages=summary["new_messages"],
         chunks_embedded=summary["chunks_embedded"],
+        children=len(children),
+        child_median_mib=round(statistics.median(children) / 2**20, 1) if children else 0.0,
+        parent_mib=round(max((v for pid, v in by_pid.items() if pid in parents), default=0.0) / 2**20, 1),
     )
 
 
@@ -107,17 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(f"{'messages':>9} {'seconds':>8} {'peak worker MiB':>16} {'peak pool MiB':>14} {'chunks':>8}")
+        print(f"{'messages':>9} {'seconds':>8} {'peak worker MiB':>16} {'peak pool MiB':>14} {'chunks':>8} "
+              f"{'children':>9} {'child median MiB':>17} {'parent MiB':>11}")
         for r in results:
             print(f"{r.messages:>9} {r.seconds:>8} {r.peak_process_mib:>16} {r.peak_pool_mib:>14} "
-                  f"{r.chunks_embedded:>8}")
+                  f"{r.chunks_embedded:>8} {r.children:>9} {r.child_median_mib:>17} {r.parent_mib:>11}")
         print(f"peak worker ratio {ratio} (target <= 1.10), pool ratio {pool_ratio}")
     if args.report:
         rows = [[str(r.messages), str(r.seconds), str(r.peak_process_mib), str(r.peak_pool_mib),
-                 str(r.chunks_embedded)] for r in results]
+                 str(r.chunks_embedded), str(r.children), str(r.child_median_mib), str(r.parent_mib)]
+                for r in results]
+        median_ratio = round(large.child_median_mib / small.child_median_mib, 3) if small.child_median_mib else None
         write_section(args.report, "memory", command,
-                      ["messages", "seconds", "peak worker process MiB", "peak pool MiB", "chunks embedded"],
-                      rows, f"Peak worker RSS ratio {ratio} (target ≤ 1.10); whole pool ratio {pool_ratio}.")
+                      ["messages", "seconds", "peak worker process MiB", "peak pool MiB", "chunks embedded",
+                       "pool children seen", "median child's peak MiB", "pool parent's peak MiB"],
+                      rows, f"Peak worker RSS ratio {ratio} (target ≤ 1.10); whole pool ratio {pool_ratio}. "
+                      "A pool child is replaced after a number of tasks, so the larger import has more children "
+                      "and its largest peak is the largest of more of them (sampled every 0.2 s; the parent, "
+                      f"which runs no task, apart): the median child's peak, ratio {median_ratio}.")
     return 0 if ratio <= 1.10 else 1
 
 
