@@ -400,3 +400,22 @@ def test_a_cached_list_not_of_its_layouts_slots_is_not_read_and_is_recomputed(en
     with engine.connect() as conn:
         kept = conn.execute(text("SELECT (progress->'f')::text FROM run_progress_cache")).scalar_one()
     assert progress_cache.figures_from(kept) == _figures(engine, run)
+
+
+def test_status_lists_every_account_in_order_with_its_own_runs_latest_first(engine: Engine) -> None:
+    """One statement, a row per run: an account without a run still has its row, and each account gets
+    its own runs only, latest first, at most `recent_runs` of them."""
+    first = ensure_account(engine, "a@example.com", [])
+    ensure_account(engine, "b@example.com", [])  # never synced
+    third = ensure_account(engine, "c@example.com", [])
+    runs = {}
+    for account in (first, third, first, first, first):
+        run = begin_run(engine, account, "import", "test", stale_seconds=60)
+        end_reading(engine, run, entries=0, windows_total=0)  # no window: done at once
+        runs.setdefault(account, []).append(run)
+    shown = status(engine, recent_runs=3)
+    assert [a["email"] for a in shown] == ["a@example.com", "b@example.com", "c@example.com"]
+    assert [r["run_id"] for r in shown[0]["runs"]] == runs[first][::-1][:3]
+    assert shown[1]["runs"] == [] and shown[1]["messages"] == 0
+    assert [r["run_id"] for r in shown[2]["runs"]] == runs[third]
+    assert all(r["status"] == "done" and r["windows_finished"] == 0 for a in shown for r in a["runs"])
