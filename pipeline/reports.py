@@ -53,8 +53,9 @@ def resolve_account(engine: Engine, email: str | None) -> tuple[int, str]:
     return int(rows[0][0]), str(rows[0][1])
 
 
-# An account's own columns that `status` shows, then its counts (pipeline.counts).
-_ACCOUNT_FIELDS = ("id", "email", "kind", "status", "status_reason", "history_id", "last_synced_at", *KINDS)
+# An account's own columns that `status` reads, then its counts (pipeline.counts).
+_ACCOUNT_COLUMNS = ("id", "email", "kind", "status", "status_reason", "history_id", "last_synced_at")
+_ACCOUNT_FIELDS = (*_ACCOUNT_COLUMNS, *KINDS)
 _ACCOUNT = SNAPSHOT + 1  # where they start in a row of _STATUS, after the run's (pipeline.runs.progress_sql)
 # Every account with its counts and its latest runs with their figures, a row per run (or one without a
 # run): one statement, so one snapshot in which the counts and the runs' progress agree, with no
@@ -64,7 +65,7 @@ _STATUS = progress_sql(
     f"accounts a LEFT JOIN ({BY_ACCOUNT_SQL}) counts ON counts.account_id = a.id "
     f"LEFT JOIN LATERAL (SELECT {RUN_COLUMNS_SQL} FROM sync_runs WHERE account_id = a.id "
     "ORDER BY started_at DESC LIMIT :recent_runs) r ON true",
-    columns=", ".join([*(f"a.{name}" for name in _ACCOUNT_FIELDS[:7]), *(f"counts.{kind}" for kind in KINDS)]),
+    columns=", ".join([*(f"a.{name}" for name in _ACCOUNT_COLUMNS), *(f"counts.{kind}" for kind in KINDS)]),
     order="ORDER BY a.id, r.started_at DESC")
 
 

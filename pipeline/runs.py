@@ -520,9 +520,9 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress:
 
 def runs_progress(engine: Engine, run_ids: Sequence[int]) -> dict[int, RunProgress]:
     """The progress of several runs, in one statement whatever their number (one call per run was four
-    round trips each): progress_sql."""
-    with transaction(engine) as s:
-        return runs_progress_in(s, run_ids)
+    round trips each): progress_sql. One statement is one snapshot: no transaction around it."""
+    with reading(engine) as conn:
+        return runs_progress_in(conn, run_ids)
 
 
 _STAGE_COLUMNS = ", ".join(STAGES)
@@ -582,7 +582,7 @@ RUN_COLUMNS_SQL = ", ".join(c.name for c in RUN_COLUMNS)
 # there was none), its unfinished windows (with it), and the statement's snapshot (pg_snapshot's text);
 # then the caller's own columns.
 CACHED, COMPUTED, UNFINISHED, SNAPSHOT = range(len(RUN_COLUMNS), len(RUN_COLUMNS) + 4)
-_STATUS = RUN_FIELDS.index("status")
+_STATUS_AT = RUN_FIELDS.index("status")
 
 
 def progress_sql(runs: str, *, columns: str = "", where: str = "", order: str = "",
@@ -645,7 +645,7 @@ def figures_of(runs: Sequence[Any]) -> FiguresRead:
         if got is None:  # CURRENT_SQL reads only lists of the layout's slots, and the statement writes them
             raise ValueError(f"run {run[0]}: progress figures not a list of {len(progress_cache.SLOTS)}")
         figures[run[0]] = got
-        if computed is not None and run[_STATUS] not in (QUEUED, RUNNING) and run[UNFINISHED] == 0:
+        if computed is not None and run[_STATUS_AT] not in (QUEUED, RUNNING) and run[UNFINISHED] == 0:
             cacheable[run[0]] = got
     return FiguresRead(figures, cacheable, runs[0][SNAPSHOT] if cacheable else None)
 
