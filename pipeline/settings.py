@@ -43,12 +43,14 @@ class Settings(BaseSettings):
         "batch of 64 adds ~490 MiB to a worker's peak, 16 adds ~110 MiB; 8 and 16 run at the same speed on CPU."
     )
     worker_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    # Torch's CPU allocations leave a worker's heap fragmented; with the local embedder a child is replaced
-    # after this many tasks so its memory never depends on how much mail came before it
-    # (docs/PERFORMANCE.md). Resolved in tasks.config; 0 keeps children forever.
+    worker_max_growth_mib: int | None = Field(
+        default=None, ge=1, description="MiB a worker child may grow since it was ready (its model loaded) "
+        "before it is replaced after its task; unset: 100 with the local embedder (torch fragments its heap), "
+        "1024 otherwise (tasks.config)."
+    )
     worker_max_tasks_per_child: int | None = Field(
-        default=None, ge=0, description="Tasks before a worker child is replaced; unset: 25 with the local "
-        "embedder (torch's heap), never otherwise (tasks.config)."
+        default=None, ge=0, description="Tasks before a worker child is replaced; unset or 0: never (the "
+        "growth limit replaces the children that need it)."
     )
     worker_prefetch_multiplier: int | None = Field(
         default=None, ge=1, le=16, description="Messages a worker holds per child (Celery's prefetch multiplier); "

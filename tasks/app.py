@@ -11,7 +11,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from kombu.transport import sqlalchemy as sqla_transport
 
 from pipeline.storage.db import dispose_engines, migrate
-from tasks import context, prefork
+from tasks import child_memory, context, prefork
 from tasks.config import celery_config
 
 prefork.install()
@@ -50,8 +50,8 @@ app.add_defaults(lambda: celery_config(context.settings(), context.resolved_data
 def _migrate_on_start(**_: object) -> None:
     migrate(context.resolved_database_url())
     if _embeds_here():
-        # Imported once in the parent, torch is shared by every child it forks: a child replaced
-        # after worker_max_tasks_per_child tasks starts in well under a second instead of seconds.
+        # Imported once in the parent, torch is shared by every child it forks: a child replaced once
+        # it has grown (tasks.child_memory) starts in well under a second instead of seconds.
         # Only the import: torch starts its thread pool on first use, which is in the child.
         import pipeline.embeddings.minilm  # noqa: F401  (torch, tokenizers and safetensors)
 
@@ -71,6 +71,8 @@ def _after_fork(**_: object) -> None:
     logging.getLogger("pipeline").setLevel(logging.INFO)
     if _embeds_here():
         _load_embedding_model()
+    # From here on billiard's check after each task reads how much this child has grown.
+    child_memory.measure_growth(app.conf.worker_max_memory_per_child or 0)
 
 
 def _load_embedding_model() -> None:

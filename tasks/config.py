@@ -57,19 +57,29 @@ def prefetch_multiplier(settings: Settings, broker: str) -> int:
     return 2 if broker.startswith("sqla+") else 1
 
 
-TORCH_TASKS_PER_CHILD = 25
+# KiB a pool child may grow since it became ready (tasks.child_memory) before it is replaced after its
+# task. With the local embedder torch's allocations fragment a child's heap: its first embed task grows
+# it by 90-140 MiB and each later one by up to 40 more, so at 100 most children are replaced after their
+# first embed task and a worker's peak is that of one task whatever the mailbox's size
+# (docs/PERFORMANCE.md, memory). Otherwise nothing grows (all five stages in one process stayed at
+# 187 MiB for 50 windows): the limit only replaces a child that leaks.
+LOCAL_EMBEDDER_GROWTH_MIB = 100
+GROWTH_MIB = 1024
+
+
+def max_growth_kib(settings: Settings) -> int:
+    """KiB a worker child may grow since it was ready before it is replaced after its task."""
+    if settings.worker_max_growth_mib is not None:
+        return settings.worker_max_growth_mib * 1024
+    return (LOCAL_EMBEDDER_GROWTH_MIB if settings.embedder == "local" else GROWTH_MIB) * 1024
 
 
 def max_tasks_per_child(settings: Settings) -> int | None:
-    """Tasks before a worker child is replaced (None: never). With the local embedder, 25: torch's
-    allocations fragment a child's heap, and replacing it keeps a worker's peak RSS flat whatever the
-    mailbox's size (docs/PERFORMANCE.md, memory); torch is imported once in the parent, so it is cheap.
-    Otherwise never: nothing grows (all five stages in one process stayed at 187 MiB for 50 windows),
-    and each new child opened fresh database connections and re-imported what its first tasks use,
-    ~11% of a 10k import's wall clock (docs/PERFORMANCE.md, seventh round)."""
-    if settings.worker_max_tasks_per_child is not None:
-        return settings.worker_max_tasks_per_child or None
-    return TORCH_TASKS_PER_CHILD if settings.embedder == "local" else None
+    """Tasks before a worker child is replaced: never unless chosen (the growth limit above replaces the
+    children that need it). Each new child opens fresh database connections and re-imports what its
+    first tasks use: replacing them every 25 tasks with embeddings off cost ~11% of a 10k import's wall
+    clock (docs/PERFORMANCE.md, seventh round)."""
+    return settings.worker_max_tasks_per_child or None
 
 
 def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
@@ -111,7 +121,8 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
         "task_send_sent_event": broker.startswith(("redis://", "rediss://", "amqp://")),
         "worker_enable_remote_control": not broker.startswith("sqla+"),
         "worker_hijack_root_logger": False,
-        "worker_max_memory_per_child": 1_500_000,  # KiB: a child that leaks is replaced between tasks
+        # Growth since the child was ready, not its whole RSS (tasks.child_memory).
+        "worker_max_memory_per_child": max_growth_kib(settings),
         "worker_max_tasks_per_child": max_tasks_per_child(settings),
         "beat_schedule": beat_schedule(settings),
         "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL,

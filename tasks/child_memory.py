@@ -1,0 +1,62 @@
+"""A pool child is replaced once it has grown too much since it became ready, not after a number of tasks.
+
+billiard replaces a child after a task when `mem_rss()` exceeds the pool's `max_memory_per_child`
+(Celery's `worker_max_memory_per_child`). Its `mem_rss` is the child's whole RSS, which counts what
+every child starts with: torch and the embedding model, ~370 MiB before any task. Here, in each child,
+it is the growth since the child was ready instead, so the setting bounds what a child's own tasks
+leave behind.
+
+Why growth: torch's allocations fragment a child's heap. Its first embed task takes it from ~370 MiB
+to 460-510, and each later one adds 0-40 more (bench.memory with a per-task trace; docs/PERFORMANCE.md,
+twelfth round). Replacing children after 25 tasks let a child of a large import run five embed tasks
+and one of a small import two, so the larger import's worker peaked higher. Bounding the growth makes
+every child's peak that of about one embed task, whatever the mailbox's size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import psutil
+from billiard import pool as billiard_pool
+
+log = logging.getLogger(__name__)
+
+
+def rss_kib() -> int:
+    """This process's resident set now, in KiB (billiard's own measure when psutil is present)."""
+    return int(psutil.Process().memory_info().rss // 1024)
+
+
+class GrowthMeter:
+    """What billiard's check after each task reads: KiB grown since `ready()` (from creation until then)."""
+
+    def __init__(self, limit_kib: int, rss: Callable[[], int] = rss_kib) -> None:
+        self.limit_kib = limit_kib
+        self._rss = rss
+        self.baseline_kib = rss()
+
+    def ready(self) -> None:
+        """The child has loaded what every child loads; growth counts from here."""
+        self.baseline_kib = self._rss()
+
+    def __call__(self) -> int:
+        grown = self._rss() - self.baseline_kib
+        if grown > self.limit_kib:
+            log.info("replacing this pool child: it grew %d MiB since it was ready (limit %d MiB)",
+                     grown // 1024, self.limit_kib // 1024)
+        # billiard reads 0 or less as "unable to determine memory usage" and logs an error.
+        return max(grown, 1)
+
+
+def measure_growth(limit_kib: int, module: object = billiard_pool,
+                   rss: Callable[[], int] = rss_kib) -> GrowthMeter:
+    """In a pool child that is ready for its first task: billiard's memory check reads this child's growth
+    from now on. `module` is billiard.pool, whose worker loop looks `mem_rss` up at each check."""
+    meter = GrowthMeter(limit_kib, rss)
+    module.mem_rss = meter  # type: ignore[attr-defined]
+    return meter
+
+
+__all__ = ["GrowthMeter", "measure_growth", "rss_kib"]
