@@ -15,6 +15,10 @@ children have exited: Celery gives every child a parent-death signal of SIGKILL,
 when the thread that forked it ends, and the supervisor forks every replacement. Leaving at once, it
 killed them; about one warm shutdown in five of a 2k import then hung until the CLI killed the pool
 30 s later (a child had died holding the task queue's read lock; see outlive_children).
+
+And the supervisor, which replaces a child that has left, looks every SUPERVISOR_STEP instead of every
+0.8 s: children are replaced once they have grown (tasks.child_memory), after about every embed task
+with the local embedder, and each wait left a core idle for up to that long.
 """
 
 from __future__ import annotations
@@ -32,16 +36,23 @@ log = logging.getLogger(__name__)
 # Once closing, a sleep lasts at most this: the timeout handler loops on 1 s sleeps until its pool is
 # finalized, and with no sleep at all it spun a core while the children finished their last tasks.
 CLOSING_STEP = 0.02
+# The supervisor's step between looks for children that left (billiard's: 0.8 s). A look is a
+# non-blocking wait on each child and a pass over the jobs in flight: nothing at 20 a second.
+SUPERVISOR_STEP = 0.05
 
 
 class PoolClock:
     """Stands in for the `time` module inside billiard.pool: `sleep` returns early once `closing` is set
-    (in the process whose pool is closing; a forked child starts with a new, unset, one)."""
+    (in the process whose pool is closing; a forked child starts with a new, unset, one), and lasts at
+    most SUPERVISOR_STEP in a thread of `stepping` (install: billiard's Supervisor)."""
 
     def __init__(self) -> None:
         self.closing = threading.Event()
+        self.stepping: tuple[type, ...] = ()
 
     def sleep(self, seconds: float) -> None:
+        if self.stepping and isinstance(threading.current_thread(), self.stepping):
+            seconds = min(seconds, SUPERVISOR_STEP)
         if seconds <= 0:
             time.sleep(0)  # still yields the GIL, as time.sleep(0) does
         elif self.closing.is_set():
@@ -120,10 +131,12 @@ def install(thread_class: Any = billiard_pool.PoolThread, module: Any = billiard
             supervisor_class: Any = billiard_pool.Supervisor) -> None:
     """Route `module`'s sleeps through `clock`, and set it when one of the pool's threads (`thread_class`)
     is told to close or terminate: after the thread's own state has changed, so the supervisor, woken, sees
-    it and leaves instead of forking one more child while its pool closes. Idempotent."""
+    it and leaves instead of forking one more child while its pool closes. The supervisor sleeps in short
+    steps (SUPERVISOR_STEP). Idempotent."""
     if isinstance(module.time, PoolClock):
         return
     module.time = clock
+    clock.stepping = (supervisor_class,)
     pool_class._help_stuff_finish = staticmethod(help_stuff_finish)
     supervise = supervisor_class.body
 
@@ -145,4 +158,4 @@ def install(thread_class: Any = billiard_pool.PoolThread, module: Any = billiard
         setattr(thread_class, name, stopping)
 
 
-__all__ = ["CLOCK", "PoolClock", "child_exiting", "install"]
+__all__ = ["CLOCK", "SUPERVISOR_STEP", "PoolClock", "child_exiting", "install"]

@@ -16,7 +16,16 @@ from billiard import pool as billiard_pool
 from celery import Celery
 
 import tasks.app  # noqa: F401  (installs the clock, as every worker does)
-from tasks.prefork import CLOCK, CLOSING_STEP, PoolClock, child_exiting, help_stuff_finish, install, outlive_children
+from tasks.prefork import (
+    CLOCK,
+    CLOSING_STEP,
+    SUPERVISOR_STEP,
+    PoolClock,
+    child_exiting,
+    help_stuff_finish,
+    install,
+    outlive_children,
+)
 from tests.conftest import REDIS_URL, CeleryProcess, wait_for
 
 
@@ -47,6 +56,25 @@ def test_once_closing_a_sleep_is_short_but_not_a_spin() -> None:
         clock.sleep(60.0)  # the timeout handler's loop, once its pool closes
     elapsed = time.monotonic() - started
     assert 5 * CLOSING_STEP * 0.9 <= elapsed < 5.0  # each waits a step: no thread spins a core meanwhile
+
+
+def test_the_supervisor_sleeps_in_short_steps_and_other_threads_as_asked() -> None:
+    class Supervisor(threading.Thread):
+        pass
+
+    clock = PoolClock()
+    clock.stepping = (Supervisor,)
+    supervisor = Supervisor(target=clock.sleep, args=(60.0,))
+    other = threading.Thread(target=clock.sleep, args=(60.0,))
+    supervisor.start()
+    other.start()
+    supervisor.join(timeout=10)
+    assert not supervisor.is_alive()  # a look for children to replace every step, not every 0.8 s
+    assert other.is_alive()  # the timeout handler and the children keep their own sleeps
+    clock.closing.set()
+    other.join(timeout=10)
+    assert SUPERVISOR_STEP < 0.8
+    assert billiard_pool.time is CLOCK and CLOCK.stepping == (billiard_pool.Supervisor,)  # tasks.app installed it
 
 
 def test_install_sets_the_clock_after_a_pool_thread_has_changed_state_once() -> None:
