@@ -36,8 +36,8 @@ class MemoryResult:
     peak_pool_mib: float
     new_messages: int
     chunks_embedded: int
-    # Each pool child's own peak (a child is replaced after a number of tasks, so a larger mailbox has
-    # more of them): how many were seen, and the median of their peaks; the pool's parent's peak.
+    # Each pool child's own peak (a child is replaced once it has grown, so a larger mailbox has more
+    # of them): how many were seen, and the median of their peaks; the pool's parent's peak.
     children: int = 0
     child_median_mib: float = 0.0
     parent_mib: float = 0.0
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                       ["messages", "seconds", "peak worker process MiB", "peak pool MiB", "chunks embedded",
                        "pool children seen", "median child's peak MiB", "pool parent's peak MiB"],
                       rows, f"Peak worker RSS ratio {ratio} (target ≤ 1.10); whole pool ratio {pool_ratio}. "
-                      "A pool child is replaced after a number of tasks, so the larger import has more children "
+                      "A pool child is replaced once it has grown past a limit since its model loaded "
+                      "(tasks.child_memory: about once per embed task), so the larger import has more children "
                       "and its largest peak is the largest of more of them (sampled every 0.2 s; the parent, "
                       f"which runs no task, apart): the median child's peak, ratio {median_ratio}.")
     return 0 if ratio <= 1.10 else 1
