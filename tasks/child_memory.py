@@ -30,16 +30,12 @@ def rss_kib() -> int:
 
 
 class GrowthMeter:
-    """What billiard's check after each task reads: KiB grown since `ready()` (from creation until then)."""
+    """What billiard's check after each task reads: KiB grown since the meter was made (the child ready)."""
 
     def __init__(self, limit_kib: int, rss: Callable[[], int] = rss_kib) -> None:
-        self.limit_kib = limit_kib
+        self.limit_kib = limit_kib  # only for the log line: billiard compares against its own setting
         self._rss = rss
         self.baseline_kib = rss()
-
-    def ready(self) -> None:
-        """The child has loaded what every child loads; growth counts from here."""
-        self.baseline_kib = self._rss()
 
     def __call__(self) -> int:
         grown = self._rss() - self.baseline_kib

@@ -7,17 +7,14 @@ from types import SimpleNamespace
 
 from billiard import pool as billiard_pool
 
-from pipeline.settings import Settings
 from tasks.child_memory import GrowthMeter, measure_growth, rss_kib
-from tasks.config import celery_config
 
 MIB = 1024
 
 
 def test_the_meter_reads_growth_since_ready_and_never_zero() -> None:
-    readings = iter([400 * MIB, 380 * MIB, 379 * MIB, 470 * MIB])
-    meter = GrowthMeter(100 * MIB, rss=lambda: next(readings))
-    meter.ready()  # 380 MiB: the model loaded
+    readings = iter([380 * MIB, 379 * MIB, 470 * MIB])
+    meter = GrowthMeter(100 * MIB, rss=lambda: next(readings))  # made once the model is loaded: 380 MiB
     assert meter() == 1  # smaller than when ready: billiard would read 0 as "unknown" and log an error
     assert meter() == 90 * MIB
 
@@ -57,10 +54,25 @@ def test_a_real_pool_replaces_a_child_that_grew_past_the_limit_whatever_its_size
         pool.terminate()
 
 
-def test_the_growth_limit_is_small_with_torchs_heap_and_a_leak_guard_otherwise() -> None:
-    def limit(**settings: object) -> object:
-        return celery_config(Settings(**settings), "postgresql://d")["worker_max_memory_per_child"]
+def test_a_worker_child_measures_its_growth_once_ready(mailpipe_env: dict[str, str]) -> None:
+    """What Celery sends in each pool child before its first task: tasks.app's handler loads the model,
+    then hands billiard's check a meter of this child's growth, with the configured limit."""
+    from celery.signals import worker_process_init
 
-    assert limit(embedder="local") == 100 * MIB
-    assert limit(embedder="none") == limit(embedder="openai") == 1024 * MIB
-    assert limit(embedder="local", worker_max_growth_mib=300) == 300 * MIB  # an explicit choice wins
+    from tasks.app import app
+
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: whatever happens, it leaves without running pytest's clean-up
+        try:
+            worker_process_init.send(sender=None)
+            meter = billiard_pool.mem_rss
+            ok = (isinstance(meter, GrowthMeter) and meter.limit_kib == app.conf.worker_max_memory_per_child
+                  and 0 < meter() < 50 * MIB)
+            os.write(writing, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(writing)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(reading, 1) == b"1" and status == 0
+    assert not isinstance(billiard_pool.mem_rss, GrowthMeter)  # this process's own is billiard's

@@ -24,3 +24,12 @@ def test_children_are_replaced_after_a_number_of_tasks_only_when_chosen() -> Non
     assert per_child(embedder="none") is None and per_child(embedder="openai") is None
     assert per_child(embedder="none", worker_max_tasks_per_child=7) == 7  # an explicit choice wins
     assert per_child(embedder="local", worker_max_tasks_per_child=0) is None  # 0: never replaced
+
+
+def test_the_growth_limit_is_small_with_torchs_heap_and_a_leak_guard_otherwise() -> None:
+    def limit(**settings: object) -> object:
+        return celery_config(Settings(**settings), "postgresql://d")["worker_max_memory_per_child"]
+
+    assert limit(embedder="local") == 100 * 1024
+    assert limit(embedder="none") == limit(embedder="openai") == 1024 * 1024
+    assert limit(embedder="local", worker_max_growth_mib=300) == 300 * 1024  # an explicit choice wins
