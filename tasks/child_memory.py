@@ -7,10 +7,11 @@ it is the growth since the child was ready instead, so the setting bounds what a
 leave behind.
 
 Why growth: torch's allocations fragment a child's heap. Its first embed task takes it from ~370 MiB
-to 450-510 (peaks up to 520), and each later one adds up to 30 to its peak (bench.memory with a per-task trace; docs/PERFORMANCE.md,
-twelfth round). Replacing children after 25 tasks let a child of a large import run five embed tasks
-and one of a small import two, so the larger import's worker peaked higher. Bounding the growth makes
-every child's peak that of about one embed task, whatever the mailbox's size.
+to 450-510 (peaks up to 520), and each later one adds up to 30 to its peak (bench.memory with a
+per-task trace; docs/PERFORMANCE.md, twelfth round). Replacing children after 25 tasks let a child
+of a large import run five embed tasks and one of a small import two, so the larger import's worker
+peaked higher. Bounding the growth makes every child's peak that of about one embed task, whatever
+the mailbox's size.
 """
 
 from __future__ import annotations
