@@ -40,7 +40,7 @@ class GrowthMeter:
 
     def __call__(self) -> int:
         grown = self._rss() - self.baseline_kib
-        if grown > self.limit_kib:
+        if 0 < self.limit_kib < grown:  # 0: no limit, and billiard makes no check
             log.info("replacing this pool child: it grew %d MiB since it was ready (limit %d MiB)",
                      grown // 1024, self.limit_kib // 1024)
         # billiard reads 0 or less as "unable to determine memory usage" and logs an error.
