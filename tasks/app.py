@@ -8,6 +8,7 @@ import time
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.worker import state as worker_state
 from kombu.transport import sqlalchemy as sqla_transport
 
 from pipeline.storage.db import dispose_engines, migrate
@@ -26,15 +27,25 @@ EMBEDDED_BROKER_POLL_SECONDS = 0.1
 sqla_transport.Transport.polling_interval = EMBEDDED_BROKER_POLL_SECONDS
 # The worker's loop for transports without asynchronous I/O waits in drain_events(timeout=2.0) and
 # only then sees that a SIGTERM asked it to stop: 2 s of every CLI command's shutdown. Waiting at
-# most this long per call lets it see the request sooner; between calls it only loops again.
-EMBEDDED_BROKER_DRAIN_SECONDS = 0.25
+# most one poll per call lets it see the request sooner; between calls it only loops again.
+EMBEDDED_BROKER_DRAIN_SECONDS = EMBEDDED_BROKER_POLL_SECONDS
 _drain_events = sqla_transport.Transport.drain_events
 
 
 def _drain_events_briefly(self: sqla_transport.Transport, connection: object, timeout: float | None = None) -> object:
+    if _asked_to_stop():
+        # Celery's loop drains once more after its shutdown check has raised (in a `finally`): a
+        # warm shutdown waited that long for nothing, and a message taken then only went back.
+        raise TimeoutError()  # what kombu raises when a drain finds nothing (socket.timeout)
     if timeout is not None:
         timeout = min(timeout, EMBEDDED_BROKER_DRAIN_SECONDS)
     return _drain_events(self, connection, timeout=timeout)
+
+
+def _asked_to_stop() -> bool:
+    """The flags celery.worker.state.maybe_shutdown raises on (by identity: a warm stop's code is 0)."""
+    return any(flag is not None and flag is not False
+               for flag in (worker_state.should_stop, worker_state.should_terminate))
 
 
 sqla_transport.Transport.drain_events = _drain_events_briefly  # type: ignore[method-assign,assignment]

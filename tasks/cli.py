@@ -25,6 +25,7 @@ from pipeline.sources.mbox import open_mbox
 from pipeline.storage.models import STAGES
 from pipeline.syncing import SyncSummary
 from tasks.runtime import Runtime, runtime
+from tasks.shutdown import skip_final_collection
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()
@@ -51,6 +52,8 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; run `mailpipe import` again to resume (nothing is counted twice)")
         sys.exit(130)
+    finally:
+        skip_final_collection()
 
 
 def _json(data: Any) -> None:

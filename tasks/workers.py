@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError, MailpipeError
 from tasks.config import QUEUES
+from tasks.shutdown import skip_final_collection
 
 MAX_RESTARTS = 3
 
@@ -187,4 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        skip_final_collection()
