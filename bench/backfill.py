@@ -208,8 +208,7 @@ def measure(size: int, workdir: Path, *, seed: int = 1, embedder: str = "none", 
 
 
 HEADER = ["messages", "embedder", "mailpipe s (run s)", "mailpipe msg/s (run)", "bare parse s (before / after)",
-          "bare msg/s",
-          "ratio (run)", "failed", "load avg"]
+          "bare msg/s", "ratio (run)", "failed", "load avg"]
 
 
 def _row(r: BackfillResult) -> list[str]:

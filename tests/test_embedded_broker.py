@@ -25,8 +25,8 @@ class CountingCycle:
 
 
 def _drain(timeout: float | None, cycle: CountingCycle | None = None) -> int:
-    """drain_events on a real transport of the embedded broker's kind: how many rounds of polls it made.
-    Raises TimeoutError (socket.timeout, what kombu raises) when it found nothing."""
+    """drain_events on a real transport of the embedded broker's kind: how many rounds of polls it made,
+    negated when it ended finding nothing (TimeoutError: socket.timeout, what kombu raises)."""
     transport = Connection("sqla+postgresql+psycopg://postgres@/postgres").transport
     cycle = cycle or CountingCycle()
     transport.cycle = cycle
