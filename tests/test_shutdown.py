@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.cli_import import ROOT, cli_env
+
 # Runs a module as `python -m` does and says, at the very end (atexit), how many objects the collector
 # was told to leave alone: 0 unless the module froze them on its way out.
 PROBE = (
@@ -22,10 +22,8 @@ PROBE = (
 
 
 def _frozen_at_exit(tmp_path: Path, *argv: str) -> tuple[int, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
-    env.update({"MAILPIPE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)})
-    done = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=ROOT, env=cli_env(tmp_path / "home"),
+                          capture_output=True, text=True, timeout=120)
     found = re.search(r"^frozen (\d+)$", done.stderr, re.M)
     assert found, done.stderr[-2000:]
     return done.returncode, int(found.group(1))
