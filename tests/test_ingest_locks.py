@@ -52,14 +52,16 @@ def test_two_windows_with_the_same_messages_in_opposite_orders_do_not_deadlock(e
             errors.append(exc)
 
     workers = [threading.Thread(target=ingest, args=(w,)) for w in (first, second)]
-    for w in workers:
-        w.start()
-    deadline = time.monotonic() + 30
-    while _blocked_sessions(engine) < 2:
-        assert time.monotonic() < deadline, "the two windows never both waited on the held message"
-        time.sleep(0.05)
-    held.rollback()
-    held.close()
+    try:
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 30
+        while _blocked_sessions(engine) < 2:
+            assert time.monotonic() < deadline, "the two windows never both waited on the held message"
+            time.sleep(0.05)
+    finally:  # let go whatever happened, or the windows (and the next test's TRUNCATE) wait on it for ever
+        held.rollback()
+        held.close()
     for w in workers:
         w.join(60)
     assert not any(w.is_alive() for w in workers)
