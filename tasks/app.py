@@ -66,10 +66,13 @@ app.add_defaults(lambda: celery_config(context.settings(), context.resolved_data
 def _migrate_on_start(**_: object) -> None:
     migrate(context.resolved_database_url())
     if _embeds_here():
-        # Imported once in the parent, torch is shared by every child it forks: a child replaced once
-        # it has grown (tasks.child_memory) starts in well under a second instead of seconds.
-        # Only the import: torch starts its thread pool on first use, which is in the child.
-        import pipeline.embeddings.minilm  # noqa: F401  (torch, tokenizers and safetensors)
+        # Imported and built once in the parent, torch and the model are shared by every child it forks:
+        # a child replaced once it has grown (tasks.child_memory) starts in well under a second instead
+        # of seconds, and then only warms the model up. Never run here: torch starts its thread pool on
+        # first use, which is in the child.
+        from pipeline.embeddings.local import preload
+
+        preload()
 
 
 def _embeds_here() -> bool:

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from pipeline.embeddings import Embedder
+from pipeline.embeddings import Embedder, local
 from pipeline.embeddings.half_weights import HalfWeightLinear, half_weights_supported, pack_half_weights
 from pipeline.embeddings.local import DIMENSIONS, MAX_TOKENS, PAD_STEPS, LocalEmbedder, pad_step
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +145,64 @@ def test_a_packed_linear_computes_what_the_linear_does() -> None:
         got = model(x)
     assert got.shape == expected.shape == (2, 7, 32)
     assert float((got - expected).norm() / expected.norm()) < 1e-3
+
+
+# In a process of its own: the model built by preload(), then a fork whose child embeds with it, as a
+# worker's pool parent and its children do (tasks.app).
+_FORKED = """
+import json, os
+def threads(): return len(os.listdir("/proc/self/task"))
+import torch
+from pipeline.embeddings import local
+before, torch_before = threads(), torch.get_num_threads()
+local.preload()
+after = threads()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    embedder = local.LocalEmbedder(threads=2)
+    vectors = embedder.embed(TEXTS)
+    shared = embedder._model is next(iter(local._PRELOADED.values()))
+    os.write(w, json.dumps({"vectors": vectors, "shared": shared}).encode())
+    os._exit(0)
+os.close(w)
+data = b""
+while chunk := os.read(r, 1 << 20):
+    data += chunk
+os.waitpid(pid, 0)
+print(json.dumps({"threads": [before, after], "torch_threads": [torch_before, torch.get_num_threads()],
+                  **json.loads(data)}))
+"""
+
+
+def test_a_preloaded_model_is_shared_by_a_forked_child_and_starts_no_thread_before_the_fork(
+        embedder: LocalEmbedder) -> None:
+    texts = ["Hello there.", "Subject: Invoice\nFrom: Shop\nYour invoice for March is attached."]
+    # Without preload's one thread the build started torch's OpenMP threads in the parent, and the
+    # forked child hung on its first embedding (seen: the timeout below).
+    proc = subprocess.Popen([sys.executable, "-c", f"TEXTS = {texts!r}\n{_FORKED}"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the forked child too
+        proc.communicate()
+        pytest.fail("the child forked after preload() never answered")
+    assert proc.returncode == 0, stderr
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert out["threads"][0] == out["threads"][1]  # the build ran no thread of torch's
+    assert out["torch_threads"][0] == out["torch_threads"][1]  # its thread count put back
+    assert out["shared"] is True
+    for got, want in zip(out["vectors"], embedder.embed(texts), strict=True):
+        assert cosine(got, want) > 0.99999
+
+
+def test_a_half_weights_embedder_does_not_use_the_preloaded_fp32_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "_PRELOADED", {})
+    local.preload()
+    fp32, half = LocalEmbedder(threads=1), LocalEmbedder(threads=1, half_weights=True)
+    fp32.embed(["a"])
+    half.embed(["a"])
+    assert fp32._model is local._PRELOADED[(fp32.model_dir, fp32.max_tokens)]
+    assert half._model is not fp32._model

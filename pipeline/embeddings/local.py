@@ -110,9 +110,38 @@ class LocalEmbedder:
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+        # fp32 only: half_weights repacks the model's layers in place.
+        shared = None if self.half_weights else _PRELOADED.get((self.model_dir, self.max_tokens))
+        if shared is not None:
+            return shared
         model = MiniLM.load(self.model_dir, self.max_tokens)
         if self.half_weights:
             from pipeline.embeddings.half_weights import pack_half_weights
 
             pack_half_weights(model.model)  # a no-op without fbgemm (not x86-64 with AVX2): fp32 stays
         return model
+
+
+# Models built by `preload` in this process: LocalEmbedder uses them rather than loading its own.
+_PRELOADED: dict[tuple[Path, int], MiniLM] = {}
+
+
+def preload(model_dir: Path | None = None, max_tokens: int = MAX_TOKENS) -> None:
+    """Build the model here, unrun, for the processes forked from this one to share (copy-on-write: its
+    weights are never written). A worker's pool parent does it before its children start: each child,
+    the first ones and every one that replaces a child that grew too much (tasks.child_memory), then only
+    runs it once to warm up, ~0.013 s instead of ~0.045-0.08 s of loading with a core idle (docs/
+    PERFORMANCE.md, fourteenth round)."""
+    import torch
+
+    from pipeline.embeddings.minilm import MiniLM
+
+    folder = model_dir if model_dir is not None else bundled_model_dir()
+    # The build's few tensor operations run on one thread: a process that forks must not have started
+    # torch's OpenMP threads, which its children would not have. Each child sets its own count (threads).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _PRELOADED[(folder, max_tokens)] = MiniLM.load(folder, max_tokens)
+    finally:
+        torch.set_num_threads(before)
