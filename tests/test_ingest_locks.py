@@ -4,7 +4,6 @@ neither is chosen as a deadlock's victim (each window's messages are upserted in
 from __future__ import annotations
 
 import threading
-import time
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 from pipeline.records import RawMessage
 from pipeline.runs import StageClaim, add_window, begin_run
 from pipeline.stages.ingest import ingest_window
+from tests.conftest import wait_for
 
 
 def _window(engine: Engine, run_id: int, seq: int, keys: list[str]) -> int:
@@ -55,10 +55,7 @@ def test_two_windows_with_the_same_messages_in_opposite_orders_do_not_deadlock(e
     try:
         for w in workers:
             w.start()
-        deadline = time.monotonic() + 30
-        while _blocked_sessions(engine) < 2:
-            assert time.monotonic() < deadline, "the two windows never both waited on the held message"
-            time.sleep(0.05)
+        wait_for(lambda: _blocked_sessions(engine) >= 2, "both windows waiting on the held message", timeout=30)
     finally:  # let go whatever happened, or the windows (and the next test's TRUNCATE) wait on it for ever
         held.rollback()
         held.close()

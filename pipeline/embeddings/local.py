@@ -130,7 +130,7 @@ def preload(model_dir: Path | None = None, max_tokens: int = MAX_TOKENS) -> None
     """Build the model here, unrun, for the processes forked from this one to share (copy-on-write: its
     weights are never written). A worker's pool parent does it before its children start: each child,
     the first ones and every one that replaces a child that grew too much (tasks.child_memory), then only
-    runs it once to warm up, ~0.013 s instead of ~0.045-0.08 s of loading with a core idle (docs/
+    runs it once to warm up: 0.03-0.04 s instead of 0.06-0.08 s of loading with a core idle (docs/
     PERFORMANCE.md, fourteenth round)."""
     import torch
 
