@@ -72,6 +72,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "--rate"),
     Scenario("api-scale", "api_scale", "the web API's read endpoints on a populated database (target p95 ≤ 10 ms)",
              None),
+    Scenario("replacement", "replacement", "the idle core while a prefork pool replaces a grown child: "
+             "billiard's pool against mailpipe's", "--tasks"),
     Scenario("replies", "eval_replies", "quote and signature stripping on real reply bodies", None),
 )}
 

@@ -19,6 +19,7 @@ import tasks.app  # noqa: F401  (installs the clock, as every worker does)
 from tasks.prefork import (
     CLOCK,
     CLOSING_STEP,
+    CONSUMED_STEP,
     SUPERVISOR_STEP,
     PoolClock,
     child_exiting,
@@ -27,6 +28,12 @@ from tasks.prefork import (
     outlive_children,
 )
 from tests.conftest import REDIS_URL, CeleryProcess, wait_for
+
+
+def _billiard_like_module() -> SimpleNamespace:
+    """What install reads and sets in billiard.pool, at billiard's own values."""
+    return SimpleNamespace(time=time, GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT=300,
+                           GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL=0.1)
 
 
 def test_a_sleep_ends_when_the_pool_starts_closing() -> None:
@@ -93,7 +100,7 @@ def test_install_sets_the_clock_after_a_pool_thread_has_changed_state_once() -> 
             self._state = "terminate"
             seen.append(("terminate", clock.closing.is_set()))
 
-    module, pool, supervisor = SimpleNamespace(time=time), type("Pool", (), {}), type("Supervisor", (), {"body": id})
+    module, pool, supervisor = _billiard_like_module(), type("Pool", (), {}), type("Supervisor", (), {"body": id})
     install(Thread, module, clock, pool, supervisor)
     install(Thread, module, clock, pool, supervisor)  # a second install changes nothing
     assert module.time is clock and not clock.closing.is_set()
@@ -105,10 +112,37 @@ def test_install_sets_the_clock_after_a_pool_thread_has_changed_state_once() -> 
     assert seen == [("close", False), ("terminate", True)]
 
 
+def test_a_child_being_replaced_waits_for_its_last_result_in_short_steps_as_long_as_before() -> None:
+    module = _billiard_like_module()
+    install(type("Thread", (), {"close": lambda self: None, "terminate": lambda self: None}),
+            module, PoolClock(), type("Pool", (), {}), type("Supervisor", (), {"body": id}))
+    install(type("Thread", (), {}), module, PoolClock())  # a second install changes nothing
+    assert module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL == CONSUMED_STEP
+    assert CONSUMED_STEP < 0.1
+    assert round(module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT * CONSUMED_STEP, 6) == 30.0  # the patience kept
+    assert billiard_pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL == CONSUMED_STEP  # tasks.app installed it
+
+
+def test_a_real_pool_replaces_a_grown_child_after_each_task_and_loses_no_result() -> None:
+    """Every child outgrows a bound of 1 KiB after its first task (as a child that embedded outgrows
+    tasks.child_memory's): with the short steps installed, each task still runs in a new child and
+    each result reaches the pool."""
+    assert billiard_pool.time is CLOCK  # tasks.app installed it
+    pool = billiard_pool.Pool(processes=1, max_memory_per_child=1)
+    try:
+        pids = [pool.apply_async(os.getpid).get(timeout=30) for _ in range(5)]
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+        CLOCK.closing.clear()
+    assert len(set(pids)) == 5
+
+
 def test_a_forked_child_starts_with_a_clock_that_is_not_closing() -> None:
     clock = PoolClock()
     install(type("Thread", (), {"close": lambda self: None, "terminate": lambda self: None}),
-            SimpleNamespace(time=time), clock, type("Pool", (), {}), type("Supervisor", (), {"body": id}))
+            _billiard_like_module(), clock, type("Pool", (), {}), type("Supervisor", (), {"body": id}))
     clock.closing.set()
     read, write = os.pipe()
     pid = os.fork()
