@@ -16,18 +16,22 @@ when the thread that forked it ends, and the supervisor forks every replacement.
 killed them; about one warm shutdown in five of a 2k import then hung until the CLI killed the pool
 30 s later (a child had died holding the task queue's read lock; see outlive_children).
 
-And a child is replaced without a core left idle longer than it must be. Children are replaced once
+And a child is replaced without leaving a core idle longer than it must. Children are replaced once
 they have grown (tasks.child_memory): after about every embed task with the local embedder, 5 to 8
 times in a 2k import. Between the replaced child's last task and its successor's first, billiard's
 pool waited twice, each wait a fixed step: the child for the pool to have read its last result
-(0.1 s steps, GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL; the pool reads it within a millisecond,
+(0.1 s steps, GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL: the pool reads it within a millisecond,
 but the child looks first, straight after sending it), and the supervisor, which replaces a child
-that has left, for its next look (0.8 s). Here both steps are short (CONSUMED_STEP, SUPERVISOR_STEP).
+that has left, for its next look (0.8 s). Here the child's step is short (CONSUMED_STEP), and the
+supervisor, which still sleeps as long as billiard asks while no child is leaving, is woken by the
+pool's result handler when a child says it is leaving and then looks every SUPERVISOR_STEP until
+it has been replaced.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -40,10 +44,13 @@ log = logging.getLogger(__name__)
 # Once closing, a sleep lasts at most this: the timeout handler loops on 1 s sleeps until its pool is
 # finalized, and with no sleep at all it spun a core while the children finished their last tasks.
 CLOSING_STEP = 0.02
-# The supervisor's step between looks for children that left (billiard's: 0.8 s). A look is a
-# non-blocking wait on each child and a pass over the jobs in flight: at 100 a second, ~0.4% of a core
-# (bench.replacement measures both steps' effect).
+# The supervisor's step between looks while a child is leaving (otherwise billiard's own 0.8 s). A look
+# is a non-blocking wait on each child and a pass over the jobs in flight, ~80 µs: at this step all the
+# time, an idle pool's supervisor took 0.8% of a core (ad-hoc, per-thread CPU ticks over 10 s).
 SUPERVISOR_STEP = 0.01
+# How long after a child said it is leaving the supervisor keeps looking at that step: the pool sends the
+# child its termination signal as it reads the message, so it is gone well within this.
+LEAVING_WINDOW = 0.5
 # A child being replaced polls a shared counter, at this step, until the pool has read its last result,
 # for as long in all as billiard allows (30 s): a read of shared memory, against 0.1 s steps of which
 # the first was nearly always taken.
@@ -52,26 +59,57 @@ CONSUMED_STEP = 0.002
 
 class PoolClock:
     """Stands in for the `time` module inside billiard.pool: `sleep` returns early once `closing` is set
-    (in the process whose pool is closing; a forked child starts with a new, unset, one), and lasts at
-    most SUPERVISOR_STEP in a thread of `stepping` (install: billiard's Supervisor)."""
+    (in the process whose pool is closing; a forked child starts with a new, unset, one). In a thread of
+    `stepping` (install: billiard's Supervisor) it also returns when a child says it is leaving
+    (`child_leaving`), and then lasts at most SUPERVISOR_STEP for LEAVING_WINDOW."""
 
     def __init__(self) -> None:
         self.closing = threading.Event()
         self.stepping: tuple[type, ...] = ()
+        self.left_at = -math.inf  # monotonic time of the last child_leaving
+        self._wake = threading.Event()  # set by close and child_leaving: ends the supervisor's sleep
 
     def sleep(self, seconds: float) -> None:
-        if self.stepping and isinstance(threading.current_thread(), self.stepping):
-            seconds = min(seconds, SUPERVISOR_STEP)
         if seconds <= 0:
             time.sleep(0)  # still yields the GIL, as time.sleep(0) does
         elif self.closing.is_set():
             time.sleep(min(seconds, CLOSING_STEP))
+        elif self.stepping and isinstance(threading.current_thread(), self.stepping):
+            self._supervise(seconds)
         else:
             self.closing.wait(seconds)
 
+    def _supervise(self, seconds: float) -> None:
+        """The supervisor's sleep between looks: `seconds` while no child is leaving, SUPERVISOR_STEP while
+        one may not have been replaced yet. Ends when the pool starts closing."""
+        deadline = time.monotonic() + seconds
+        while not self.closing.is_set():
+            now = time.monotonic()
+            if now - self.left_at < LEAVING_WINDOW:
+                self.closing.wait(min(SUPERVISOR_STEP, max(0.0, deadline - now)))
+                return
+            if now >= deadline:
+                return
+            self._wake.wait(deadline - now)
+            # left_at and closing are set before _wake: a wake-up cleared here is seen by the loop's checks.
+            self._wake.clear()
+
+    def close(self) -> None:
+        """The pool is closing: every sleep in this process ends (and from now on is short)."""
+        self.closing.set()
+        self._wake.set()
+
+    def child_leaving(self) -> None:
+        """In the pool's process, when a child says it is leaving (billiard's DEATH message): the supervisor
+        looks for it every SUPERVISOR_STEP until LEAVING_WINDOW has passed."""
+        self.left_at = time.monotonic()
+        self._wake.set()
+
     def reset(self) -> None:
-        """A new Event: a child forked while a pool thread was inside `wait` would inherit its lock held."""
+        """New Events: a child forked while a pool thread was inside `wait` would inherit its lock held."""
         self.closing = threading.Event()
+        self._wake = threading.Event()
+        self.left_at = -math.inf
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -85,7 +123,7 @@ def child_exiting(exitcode: int, clock: PoolClock = CLOCK) -> None:
     (EX_RECYCLE: the pool goes on, and that sleep lets it read the child's exit before the process
     is gone). Otherwise the pool is closing (its sentinel) or the child failed, and nothing waits on it."""
     if exitcode != billiard_pool.EX_RECYCLE:
-        clock.closing.set()
+        clock.close()
 
 
 def outlive_children(supervisor: Any, blocking_pool: Any = billiard_pool.Pool) -> None:
@@ -137,12 +175,14 @@ def help_stuff_finish(inqueue: Any, task_handler: Any, pool: list[Any]) -> None:
 
 def install(thread_class: Any = billiard_pool.PoolThread, module: Any = billiard_pool,
             clock: PoolClock = CLOCK, pool_class: Any = billiard_pool.Pool,
-            supervisor_class: Any = billiard_pool.Supervisor) -> None:
-    """Route `module`'s sleeps through `clock`, and set it when one of the pool's threads (`thread_class`)
+            supervisor_class: Any = billiard_pool.Supervisor,
+            result_handler_class: Any = billiard_pool.ResultHandler) -> None:
+    """Route `module`'s sleeps through `clock`, and close it when one of the pool's threads (`thread_class`)
     is told to close or terminate: after the thread's own state has changed, so the supervisor, woken, sees
-    it and leaves instead of forking one more child while its pool closes. The supervisor sleeps in short
-    steps (SUPERVISOR_STEP), and a child being replaced waits for its last result to be read in short
-    steps too (CONSUMED_STEP), as long in all as before. Idempotent."""
+    it and leaves instead of forking one more child while its pool closes. The result handler tells the
+    clock when a child says it is leaving, so that the supervisor replaces it within SUPERVISOR_STEP; and
+    a child being replaced waits for its last result to be read in short steps too (CONSUMED_STEP), as
+    long in all as before. Idempotent."""
     if isinstance(module.time, PoolClock):
         return
     patience = module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT * module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL
@@ -158,6 +198,21 @@ def install(thread_class: Any = billiard_pool.PoolThread, module: Any = billiard
         outlive_children(self, pool_class)
 
     supervisor_class.body = body
+    make_methods = result_handler_class._make_methods
+
+    def with_leaving(self: Any) -> None:
+        make_methods(self)
+        on_death = self.state_handlers[module.DEATH]  # the dict its message loop reads
+
+        def death(*args: Any, _on_death: Any = on_death) -> None:
+            try:
+                _on_death(*args)  # sends the child its termination signal
+            finally:
+                clock.child_leaving()
+
+        self.state_handlers[module.DEATH] = death
+
+    result_handler_class._make_methods = with_leaving
     os.register_at_fork(after_in_child=clock.reset)
     for name in ("close", "terminate"):
         original = getattr(thread_class, name)
@@ -166,9 +221,9 @@ def install(thread_class: Any = billiard_pool.PoolThread, module: Any = billiard
             try:
                 return _original(self, *args, **kwargs)
             finally:
-                clock.closing.set()
+                clock.close()
 
         setattr(thread_class, name, stopping)
 
 
-__all__ = ["CLOCK", "CONSUMED_STEP", "SUPERVISOR_STEP", "PoolClock", "child_exiting", "install"]
+__all__ = ["CLOCK", "CONSUMED_STEP", "LEAVING_WINDOW", "SUPERVISOR_STEP", "PoolClock", "child_exiting", "install"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -20,6 +21,7 @@ from tasks.prefork import (
     CLOCK,
     CLOSING_STEP,
     CONSUMED_STEP,
+    LEAVING_WINDOW,
     SUPERVISOR_STEP,
     PoolClock,
     child_exiting,
@@ -32,8 +34,27 @@ from tests.conftest import REDIS_URL, CeleryProcess, wait_for
 
 def _billiard_like_module() -> SimpleNamespace:
     """What install reads and sets in billiard.pool, at billiard's own values."""
-    return SimpleNamespace(time=time, GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT=300,
+    return SimpleNamespace(time=time, DEATH=billiard_pool.DEATH, GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT=300,
                            GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL=0.1)
+
+
+def _result_handler(deaths: list[tuple[int, int]]) -> type:
+    """billiard's ResultHandler as install sees it: `_make_methods` builds the handlers of the children's messages."""
+
+    def make_methods(self: Any) -> None:
+        self.state_handlers = {billiard_pool.DEATH: lambda pid, code: deaths.append((pid, code))}
+
+    return type("ResultHandler", (), {"_make_methods": make_methods})
+
+
+def _install(clock: PoolClock, thread: type | None = None, module: SimpleNamespace | None = None,
+             result_handler: type | None = None) -> SimpleNamespace:
+    """install on stand-ins for billiard's classes and module (the real ones are installed by tasks.app)."""
+    module = module or _billiard_like_module()
+    thread = thread or type("Thread", (), {"close": lambda self: None, "terminate": lambda self: None})
+    install(thread, module, clock, type("Pool", (), {}), type("Supervisor", (), {"body": id}),
+            result_handler or _result_handler([]))
+    return module
 
 
 def test_a_sleep_ends_when_the_pool_starts_closing() -> None:
@@ -65,23 +86,61 @@ def test_once_closing_a_sleep_is_short_but_not_a_spin() -> None:
     assert 5 * CLOSING_STEP * 0.9 <= elapsed < 5.0  # each waits a step: no thread spins a core meanwhile
 
 
-def test_the_supervisor_sleeps_in_short_steps_and_other_threads_as_asked() -> None:
-    class Supervisor(threading.Thread):
-        pass
+class _Supervisor(threading.Thread):
+    pass
 
+
+def _supervisor_sleeping(clock: PoolClock, seconds: float = 60.0, times: int = 1) -> threading.Thread:
+    thread = _Supervisor(target=lambda: [clock.sleep(seconds) for _ in range(times)])
+    thread.start()
+    return thread
+
+
+def test_the_supervisor_sleeps_as_asked_until_a_child_is_leaving() -> None:
     clock = PoolClock()
-    clock.stepping = (Supervisor,)
-    supervisor = Supervisor(target=clock.sleep, args=(60.0,))
+    clock.stepping = (_Supervisor,)
+    supervisor = _supervisor_sleeping(clock)
     other = threading.Thread(target=clock.sleep, args=(60.0,))
-    supervisor.start()
     other.start()
+    time.sleep(0.3)
+    assert supervisor.is_alive()  # no child leaving: billiard's own sleep, no looks at an idle pool
+    clock.child_leaving()  # the result handler read a child's DEATH
     supervisor.join(timeout=10)
-    assert not supervisor.is_alive()  # a look for children to replace every step, not every 0.8 s
+    assert not supervisor.is_alive()  # woken: it looks for the child to replace
     assert other.is_alive()  # the timeout handler and the children keep their own sleeps
-    clock.closing.set()
+    clock.close()
     other.join(timeout=10)
-    assert SUPERVISOR_STEP < 0.8
+    assert not other.is_alive()
     assert billiard_pool.time is CLOCK and CLOCK.stepping == (billiard_pool.Supervisor,)  # tasks.app installed it
+
+
+def test_while_a_child_is_leaving_the_supervisor_looks_every_step_then_sleeps_as_asked_again() -> None:
+    clock = PoolClock()
+    clock.stepping = (_Supervisor,)
+    clock.child_leaving()
+    stepping = _supervisor_sleeping(clock, times=5)  # five of billiard's 60 s sleeps, each cut to a step
+    stepping.join(timeout=10)
+    assert not stepping.is_alive()
+    assert 5 * SUPERVISOR_STEP < LEAVING_WINDOW < 0.8
+    clock.left_at -= LEAVING_WINDOW  # the window has passed: the child was replaced long since
+    asleep = _supervisor_sleeping(clock)
+    time.sleep(0.3)
+    assert asleep.is_alive()
+    clock.close()  # the pool closing still ends it
+    asleep.join(timeout=10)
+    assert not asleep.is_alive()
+
+
+def test_the_result_handler_tells_the_clock_when_a_child_says_it_is_leaving() -> None:
+    clock, deaths = PoolClock(), []
+    handler_class = _result_handler(deaths)
+    _install(clock, result_handler=handler_class)
+    handler = handler_class()
+    handler._make_methods()
+    assert clock.left_at == -math.inf
+    handler.state_handlers[billiard_pool.DEATH](123, billiard_pool.EX_RECYCLE)
+    assert deaths == [(123, billiard_pool.EX_RECYCLE)]  # billiard's own handler still ran (it signals the child)
+    assert time.monotonic() - clock.left_at < LEAVING_WINDOW
 
 
 def test_install_sets_the_clock_after_a_pool_thread_has_changed_state_once() -> None:
@@ -100,9 +159,8 @@ def test_install_sets_the_clock_after_a_pool_thread_has_changed_state_once() -> 
             self._state = "terminate"
             seen.append(("terminate", clock.closing.is_set()))
 
-    module, pool, supervisor = _billiard_like_module(), type("Pool", (), {}), type("Supervisor", (), {"body": id})
-    install(Thread, module, clock, pool, supervisor)
-    install(Thread, module, clock, pool, supervisor)  # a second install changes nothing
+    module = _install(clock, Thread)
+    _install(clock, Thread, module)  # a second install changes nothing
     assert module.time is clock and not clock.closing.is_set()
     # The original runs once, and before the clock wakes anyone: the supervisor, woken, must find its
     # state changed already, or it forks another child into a pool that is closing.
@@ -113,10 +171,8 @@ def test_install_sets_the_clock_after_a_pool_thread_has_changed_state_once() -> 
 
 
 def test_a_child_being_replaced_waits_for_its_last_result_in_short_steps_as_long_as_before() -> None:
-    module = _billiard_like_module()
-    install(type("Thread", (), {"close": lambda self: None, "terminate": lambda self: None}),
-            module, PoolClock(), type("Pool", (), {}), type("Supervisor", (), {"body": id}))
-    install(type("Thread", (), {}), module, PoolClock())  # a second install changes nothing
+    module = _install(PoolClock())
+    _install(PoolClock(), module=module)  # a second install changes nothing
     assert module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL == CONSUMED_STEP
     assert CONSUMED_STEP < 0.1
     assert round(module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT * CONSUMED_STEP, 6) == 30.0  # the patience kept
@@ -130,7 +186,9 @@ def test_a_real_pool_replaces_a_grown_child_after_each_task_and_loses_no_result(
     assert billiard_pool.time is CLOCK  # tasks.app installed it
     pool = billiard_pool.Pool(processes=1, max_memory_per_child=1)
     try:
+        told = CLOCK.left_at
         pids = [pool.apply_async(os.getpid).get(timeout=30) for _ in range(5)]
+        assert CLOCK.left_at > told  # billiard's own result handler told the clock
         pool.close()
         pool.join()
     finally:
@@ -139,15 +197,16 @@ def test_a_real_pool_replaces_a_grown_child_after_each_task_and_loses_no_result(
     assert len(set(pids)) == 5
 
 
-def test_a_forked_child_starts_with_a_clock_that_is_not_closing() -> None:
+def test_a_forked_child_starts_with_a_clock_that_is_not_closing_nor_woken() -> None:
     clock = PoolClock()
-    install(type("Thread", (), {"close": lambda self: None, "terminate": lambda self: None}),
-            _billiard_like_module(), clock, type("Pool", (), {}), type("Supervisor", (), {"body": id}))
-    clock.closing.set()
+    _install(clock)
+    clock.child_leaving()
+    clock.close()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, and leave without running pytest's teardown
-        os.write(write, b"1" if clock.closing.is_set() else b"0")
+        fresh = not clock.closing.is_set() and not clock._wake.is_set() and clock.left_at == -math.inf
+        os.write(write, b"0" if fresh else b"1")
         os._exit(0)
     os.close(write)
     try:
