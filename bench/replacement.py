@@ -8,11 +8,11 @@ runs TASKS trivial tasks back to back, so each task after the first waits for on
 
 - `billiard`: billiard's pool as it comes;
 - `mailpipe`: the same pool in a process that imported `tasks` (tasks.prefork installed, as in every
-  worker): short steps for the replaced child's wait for its last result to be read and for the
-  supervisor's look for children that left.
+  worker): the replaced child waits for its last result to be read in short steps, and the
+  supervisor, woken when a child says it is leaving, looks for it in short steps.
 
 Each round runs both, each in a fresh process, alternating which goes first. The figure is seconds
-per replacement (the median over rounds), and the supervisor's cost: the pool process's CPU share
+per replacement (the median over rounds), and what the pool costs when idle: its process's CPU share
 while two children sit idle for IDLE seconds.
 
     python -m bench.replacement --tasks 40 --rounds 5 [--idle 5] [--json] [--report docs/PERFORMANCE.md]
@@ -124,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                       ["pool", "ms per replacement (median)", "rounds", "idle pool's process CPU %"], rows,
                       f"{args.tasks} replacements per run, {args.rounds} rounds alternating which pool ran first, each "
                       f"run in a fresh process. mailpipe's pool leaves a core idle **{saved:.1f} ms** less per "
-                      f"replaced child; its supervisor's shorter step costs the idle pool's process "
-                      f"{v['mailpipe']['median_idle_cpu_percent']}% of a core against "
-                      f"{v['billiard']['median_idle_cpu_percent']}%.")
+                      f"replaced child. Idle, its pool's process took {v['mailpipe']['median_idle_cpu_percent']}% "
+                      f"of a core against billiard's {v['billiard']['median_idle_cpu_percent']}%.")
     return 0
 
 
