@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench.cli_import import stop_embedded_postgres
 from bench.cpu import CpuMeter, pids_named, postmaster_pid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,37 +121,50 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
     parent, child = ctx.Pipe()
     server = ctx.Process(target=_serve, args=(child, regime, accounts, messages, latency, error_rate))
     server.start()
-    info = parent.recv()
-    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-quota-") as tmp:
-        from pipeline.storage.db import migrate
-        from pipeline.storage.embedded import start_embedded_postgres
+    stopped = False
+    try:
+        info = parent.recv()
+        with tempfile.TemporaryDirectory(prefix="mailpipe-bench-quota-") as tmp:
+            from pipeline.storage.db import migrate
+            from pipeline.storage.embedded import start_embedded_postgres
 
-        url = start_embedded_postgres(Path(tmp) / "pg")
-        migrate(url)
-        redis.Redis.from_url(BROKER).flushdb()
-        # 256 windows in flight: deep enough that the downstream stages never hold ingestion back.
-        env = bench_env(tmp, url, BROKER, info["base_url"], regime)
-        os.environ.update(env)
-        workers = _workers(env, accounts, Path(tmp))
-        meter = CpuMeter({
-            "workers": lambda: [w.pid for w in workers],
-            "postgres": lambda: postmaster_pid(Path(tmp) / "pg"),
-            "redis (shared)": lambda: pids_named("redis-server"),
-            "gmail server (test double)": lambda: [server.pid] if server.pid else [],
-        })
-        try:
-            meter.start()
-            durations = _sync_all(url, info)
-            cpu = meter.stop()
-        finally:
-            for w in workers:
-                w.terminate()
-            for w in workers:
-                w.wait(30)
-        held = _held_keys(url)
-    parent.send("stop")
-    server_side = parent.recv()
-    server.join(30)
+            url = start_embedded_postgres(Path(tmp) / "pg")
+            try:
+                migrate(url)
+                redis.Redis.from_url(BROKER).flushdb()
+                # 256 windows in flight: deep enough that the downstream stages never hold ingestion back.
+                env = bench_env(tmp, url, BROKER, info["base_url"], regime)
+                os.environ.update(env)
+                workers = _workers(env, accounts, Path(tmp))
+                meter = CpuMeter({
+                    "workers": lambda: [w.pid for w in workers],
+                    "postgres": lambda: postmaster_pid(Path(tmp) / "pg"),
+                    "redis (shared)": lambda: pids_named("redis-server"),
+                    "gmail server (test double)": lambda: [server.pid] if server.pid else [],
+                })
+                try:
+                    meter.start()
+                    durations = _sync_all(url, info)
+                    cpu = meter.stop()
+                finally:
+                    for w in workers:
+                        w.terminate()
+                    for w in workers:
+                        w.wait(30)
+                held = _held_keys(url)
+            finally:
+                # Before its folder goes: deleting it under a running server failed now and then (a file
+                # written meanwhile: "Directory not empty").
+                stop_embedded_postgres(Path(tmp) / "pg")
+        parent.send("stop")
+        server_side = parent.recv()
+        stopped = True
+    finally:
+        if stopped:
+            server.join(30)
+        if server.is_alive():  # a failed run: nothing told it to stop, and a live child hangs this one's exit
+            server.terminate()
+            server.join(10)
     results = [_account_result(email, server_side, held.get(email, set()), durations[email], regime)
                for email in sorted(info["accounts"])]
     return {"regime": regime, "accounts": accounts, "messages_per_account": messages, "latency": latency,

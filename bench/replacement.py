@@ -11,7 +11,7 @@ runs TASKS trivial tasks back to back, so each task after the first waits for on
   worker): the replaced child waits for its last result to be read in short steps, and the
   supervisor, woken when a child says it is leaving, looks for it in short steps.
 
-Each round runs both, each in a fresh process, alternating which goes first. The figure is seconds
+Each round runs both, each part in a fresh process, alternating which goes first. The figure is seconds
 per replacement (the median over rounds), and what the pool costs when idle: its process's CPU share
 while two children sit idle for IDLE seconds.
 
@@ -33,27 +33,30 @@ from typing import Any
 from bench.report import write_section
 
 VARIANTS = ("billiard", "mailpipe")
+PARTS = {"replacement": "seconds_per_replacement", "idle": "idle_cpu_percent"}  # part: its figure
 
 
 def _trivial(i: int) -> int:
     return i
 
 
-def measure_variant(variant: str, tasks: int, idle: float) -> dict[str, float]:
-    """In this process (a fresh one per variant: installing the clock cannot be undone)."""
+def measure_variant(variant: str, part: str, tasks: int, idle: float) -> float:
+    """One part of one variant, in this process: a fresh one for each, since installing the clock cannot be
+    undone and a pool that has closed leaves it closing (every later sleep in the process short)."""
     if variant == "mailpipe":
         import tasks as _tasks  # noqa: F401  (tasks.app installs tasks.prefork, as every worker does)
     from billiard import pool as billiard_pool
 
-    pool = billiard_pool.Pool(processes=1, max_memory_per_child=1)
-    try:
-        pool.apply_async(_trivial, (0,)).get(timeout=60)  # the first child: started, not replaced yet
-        started = time.perf_counter()
-        for i in range(tasks):
-            pool.apply_async(_trivial, (i,)).get(timeout=60)
-        per_replacement = (time.perf_counter() - started) / tasks
-    finally:
-        pool.terminate()
+    if part == "replacement":
+        pool = billiard_pool.Pool(processes=1, max_memory_per_child=1)
+        try:
+            pool.apply_async(_trivial, (0,)).get(timeout=60)  # the first child: started, not replaced yet
+            started = time.perf_counter()
+            for i in range(tasks):
+                pool.apply_async(_trivial, (i,)).get(timeout=60)
+            return (time.perf_counter() - started) / tasks
+        finally:
+            pool.terminate()
     idle_pool = billiard_pool.Pool(processes=2)  # no bound: its children stay
     try:
         idle_pool.apply_async(_trivial, (0,)).get(timeout=60)
@@ -63,15 +66,17 @@ def measure_variant(variant: str, tasks: int, idle: float) -> dict[str, float]:
     finally:
         idle_pool.terminate()
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {"seconds_per_replacement": per_replacement, "idle_cpu_percent": 100 * cpu / (t1 - t0)}
+    return 100 * cpu / (t1 - t0)
 
 
 def _run_variant(variant: str, tasks: int, idle: float) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-m", "bench.replacement", "--variant", variant, "--tasks", str(tasks),
-                           "--idle", str(idle)], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise SystemExit(f"the {variant} run failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, float] = {}
+    for part, key in PARTS.items():
+        proc = subprocess.run([sys.executable, "-m", "bench.replacement", "--variant", variant, "--part", part,
+                               "--tasks", str(tasks), "--idle", str(idle)], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"the {variant} {part} run failed ({proc.returncode}): {proc.stderr[-3000:]}")
+        result[key] = float(proc.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -97,14 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=40, help="replacements measured per run")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of an idle pool, for the supervisor's cost")
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one run, in its own process
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one part, in its own process
+    parser.add_argument("--part", choices=tuple(PARTS), default="replacement", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--report", type=Path, default=None, help="Write the figures into this Markdown file.")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.rounds < 1 or args.idle <= 0:
         parser.error("--tasks and --rounds must be at least 1, --idle above 0")
     if args.variant:
-        print(json.dumps(measure_variant(args.variant, args.tasks, args.idle)))
+        print(measure_variant(args.variant, args.part, args.tasks, args.idle))
         return 0
     data = measure(args.tasks, args.rounds, args.idle)
     command = f"python -m bench.replacement --tasks {args.tasks} --rounds {args.rounds} --idle {args.idle:g}"
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         write_section(args.report, "replacement", command,
                       ["pool", "ms per replacement (median)", "rounds", "idle pool's process CPU %"], rows,
                       f"{args.tasks} replacements per run, {args.rounds} rounds alternating which pool ran first, each "
-                      f"run in a fresh process. mailpipe's pool leaves a core idle **{saved:.1f} ms** less per "
+                      f"measurement in a fresh process. mailpipe's pool leaves a core idle **{saved:.1f} ms** less per "
                       f"replaced child. Idle, its pool's process took {v['mailpipe']['median_idle_cpu_percent']}% "
                       f"of a core against billiard's {v['billiard']['median_idle_cpu_percent']}%.")
     return 0
