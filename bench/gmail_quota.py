@@ -121,7 +121,6 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
     parent, child = ctx.Pipe()
     server = ctx.Process(target=_serve, args=(child, regime, accounts, messages, latency, error_rate))
     server.start()
-    stopped = False
     try:
         info = parent.recv()
         with tempfile.TemporaryDirectory(prefix="mailpipe-bench-quota-") as tmp:
@@ -158,10 +157,8 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
                 stop_embedded_postgres(Path(tmp) / "pg")
         parent.send("stop")
         server_side = parent.recv()
-        stopped = True
+        server.join(30)
     finally:
-        if stopped:
-            server.join(30)
         if server.is_alive():  # a failed run: nothing told it to stop, and a live child hangs this one's exit
             server.terminate()
             server.join(10)

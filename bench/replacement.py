@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import own_cpu_seconds
 from bench.report import write_section
 
 VARIANTS = ("billiard", "mailpipe")
@@ -60,13 +60,12 @@ def measure_variant(variant: str, part: str, tasks: int, idle: float) -> float:
     idle_pool = billiard_pool.Pool(processes=2)  # no bound: its children stay
     try:
         idle_pool.apply_async(_trivial, (0,)).get(timeout=60)
-        before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        cpu0, t0 = own_cpu_seconds(), time.perf_counter()
         time.sleep(idle)
-        after, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        cpu1, t1 = own_cpu_seconds(), time.perf_counter()
     finally:
         idle_pool.terminate()
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return 100 * cpu / (t1 - t0)
+    return 100 * (cpu1 - cpu0) / (t1 - t0)
 
 
 def _run_variant(variant: str, tasks: int, idle: float) -> dict[str, float]:
