@@ -72,3 +72,44 @@ def test_decoded_names_with_commas_stay_one_address() -> None:
     assert (parsed.from_.name, parsed.from_.email) == ("Mercier, Céline", "cm@example.fr")  # type: ignore[union-attr]
     assert [(a.name, a.email) for a in parsed.to] == [("Doe, John", "jd@example.com"), ("", "x@example.com")]
     assert (parsed.subject, parsed.text.strip()) == ("Réunion", "hi")
+
+
+@pytest.mark.parametrize("value", [
+    'multipart/mixed; boundary="000000000000a1b2c3"',
+    "multipart/alternative; boundary=simple-token_1.2",
+    'multipart/related; type="text/html"; boundary="=_part one"',
+    'multipart/mixed;boundary="no space"',
+    'MULTIPART/MIXED; BOUNDARY="Upper"',
+    'multipart/mixed; boundary="first"; boundary="second"',
+    'multipart/mixed; charset="a; boundary=inner"; boundary="outer"',
+    'multipart/mixed; boundary=""',
+    'multipart/mixed; boundary=" spaced "',
+    'multipart/mixed; boundary="escaped\\"quote"',
+    'multipart/mixed; boundary="=?utf-8?q?encoded?="',
+    "multipart/mixed; boundary*=utf-8''rfc2231",
+    "multipart/mixed; boundary*0=split; boundary*1=value",
+    'multipart/mixed; boundary = "around equals"',
+    'multipart/mixed (comment); boundary="after comment"',
+    "multipart/mixed",
+    "text/plain; charset=utf-8",
+    "",
+])
+def test_boundary_is_read_as_the_header_registry_reads_it(value: str) -> None:
+    from email.headerregistry import HeaderRegistry
+
+    from pipeline.sources.gmail_payload import boundary_of
+
+    found = HeaderRegistry()("content-type", value).params.get("boundary")  # type: ignore[attr-defined]
+    assert boundary_of(value) == (str(found) if found else None)
+
+
+@pytest.mark.parametrize("value", [
+    "plain@example.com", "Jane Doe <jane@example.com>", "jane@example.com (Jane)", "undisclosed-recipients:;",
+    "Team: a@example.com;", "<jane@example.com>",
+    # A decoded name with a semicolon: parsed again it reads as two entries, and the text is kept as it was.
+    "Doe; John <john@example.com>",
+])
+def test_an_ascii_address_without_a_comma_is_written_as_gmail_gave_it(value: str) -> None:
+    resource = {"payload": {"mimeType": "text/plain", "headers": [{"name": "To", "value": value}],
+                            "body": {"size": 2, "data": "aGk="}}}
+    assert message_bytes(resource).split(b"\r\n")[0] == f"To: {value}".encode()

@@ -6,6 +6,7 @@ Only the header block is parsed here (for the Message-ID); the full parse is nor
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -24,12 +25,26 @@ from pipeline.runs import StageClaim, record_failure
 from pipeline.storage.models import GmailAlias, Message, WindowItem
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
+# A line end followed by another, whole: the empty line that ends the header block, however lines end
+# (the parser splits at CRLF, CR and LF alike; a CRLF followed by a line end contains one of these too).
+_EMPTY_LINE_RE = re.compile(rb"\n(?:\r\n|\r|\n)|\r(?:\r\n|\r)")
+
+
+def header_block(raw: bytes) -> bytes:
+    """The message up to and including its first empty line (all of it when it has none).
+
+    The header parser reads the body line by line even when only headers are asked for, so parsing
+    this instead gives the same headers for a header block's cost: identify was a twelfth of an ingest
+    worker's CPU, most of it in bodies (docs/PERFORMANCE.md, sixteenth round)."""
+    end = _EMPTY_LINE_RE.search(raw)
+    return raw if end is None else raw[: end.end()]
+
 
 def identify(raw: bytes) -> tuple[str, str | None]:
     """The message's key and its RFC Message-ID (None when it has none)."""
     if not raw.strip():
         raise ParseError("empty message")
-    headers = _HEADER_PARSER.parsebytes(raw)
+    headers = _HEADER_PARSER.parsebytes(header_block(raw))
     if not headers.keys():
         raise ParseError("no header found")
     message_id = parse_message_id(headers.get("Message-ID"))
