@@ -77,10 +77,15 @@ class AccountResult:
     sync_seconds: float
 
 
-def _workers(env: dict[str, str], accounts: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    # Ingest waits on the quota and the network, not the CPU: enough processes that one is always
-    # fetching while others write their window.
-    specs = [("ingest", max(4, min(2 * accounts, 12))), ("normalize,ai", 2)]
+def ingest_processes(accounts: int) -> int:
+    """The ingest worker's default concurrency. Ingest waits on the quota and the network, not the CPU:
+    enough processes that one is always fetching while others write their window."""
+    return max(4, min(2 * accounts, 12))
+
+
+def _workers(env: dict[str, str], accounts: int, log_dir: Path,
+             ingest: int | None = None) -> list[subprocess.Popen[bytes]]:
+    specs = [("ingest", ingest or ingest_processes(accounts)), ("normalize,ai", 2)]
     return [start_worker(env, queues, concurrency, log_dir) for queues, concurrency in specs]
 
 
@@ -114,7 +119,8 @@ def bench_env(home: str, database_url: str, broker: str, gmail_api_url: str, reg
     return env
 
 
-def run(regime: str, accounts: int, messages: int, latency: float, error_rate: float) -> dict[str, Any]:
+def run(regime: str, accounts: int, messages: int, latency: float, error_rate: float,
+        ingest: int | None = None) -> dict[str, Any]:
     import redis
 
     ctx = multiprocessing.get_context("spawn")
@@ -134,7 +140,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
                 # 256 windows in flight: deep enough that the downstream stages never hold ingestion back.
                 env = bench_env(tmp, url, BROKER, info["base_url"], regime)
                 os.environ.update(env)
-                workers = _workers(env, accounts, Path(tmp))
+                workers = _workers(env, accounts, Path(tmp), ingest)
                 meter = CpuMeter({
                     "workers": lambda: [w.pid for w in workers],
                     "postgres": lambda: postmaster_pid(Path(tmp) / "pg"),
@@ -165,6 +171,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
     results = [_account_result(email, server_side, held.get(email, set()), durations[email], regime)
                for email in sorted(info["accounts"])]
     return {"regime": regime, "accounts": accounts, "messages_per_account": messages, "latency": latency,
+            "ingest_processes": ingest or ingest_processes(accounts),
             "error_rate": error_rate, "results": [asdict(r) for r in results],
             "aggregate_gets_per_second": round(sum(r.gets_per_second for r in results), 2),
             "cpu": cpu.as_dict()}
@@ -278,12 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--error-rate", type=float, default=0.05)
+    parser.add_argument("--ingest-processes", type=int, default=None,
+                        help="The ingest worker's concurrency (default: twice the accounts, 4 to 12).")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--report", type=Path, default=None)
     args = parser.parse_args(argv)
     ceiling = PER_MINUTE[args.regime] / 60 / GET_COST[args.regime]
     messages = args.messages or int(ceiling * 120)
-    data = run(args.regime, args.accounts, messages, args.latency, args.error_rate)
+    data = run(args.regime, args.accounts, messages, args.latency, args.error_rate, args.ingest_processes)
     worst = min(r["ceiling_share"] for r in data["results"])
     missing = sum(r["missing"] for r in data["results"])
     if args.json:
