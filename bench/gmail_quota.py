@@ -267,6 +267,8 @@ def write_report(path: Path, data: dict[str, Any], messages: int) -> None:
     missing = sum(r["missing"] for r in data["results"])
     command = (f"python -m bench.gmail_quota --regime {regime} --accounts {accounts} "
                f"--messages {messages} --latency {data['latency']} --error-rate {data['error_rate']}")
+    if data.get("ingest_processes", ingest_processes(accounts)) != ingest_processes(accounts):
+        command += f" --ingest-processes {data['ingest_processes']}"
     rows = [[r["email"], str(r["messages"]), str(r["missing"]), str(r["gets_per_second"]),
              str(r["ceiling_share"]), str(r["units_per_message"]), str(r["rate_limited"]),
              str(r["injected_5xx"])] for r in data["results"]]

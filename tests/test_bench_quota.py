@@ -1,0 +1,28 @@
+"""The quota bench's section names the command that reproduces its run, the ingest concurrency included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.gmail_quota import ingest_processes, write_report
+
+
+def _data(processes: int) -> dict[str, Any]:
+    result = {"email": "user0@example.com", "messages": 10, "missing": 0, "gets_per_second": 49.0,
+              "ceiling_share": 0.98, "units_per_message": 5.0, "rate_limited": 0, "injected_5xx": 1,
+              "sync_seconds": 1.0}
+    return {"regime": "legacy", "accounts": 10, "latency": 0.05, "error_rate": 0.05, "ingest_processes": processes,
+            "results": [result], "aggregate_gets_per_second": 49.0,
+            "cpu": {"seconds": 1.0, "cores": 2, "machine_busy": 0.5, "cpu_seconds": {"workers": 1.0}}}
+
+
+@pytest.mark.parametrize(("processes", "flag"), [(ingest_processes(10), ""), (20, " --ingest-processes 20")])
+def test_the_section_names_a_concurrency_other_than_the_default(tmp_path: Path, processes: int, flag: str) -> None:
+    report = tmp_path / "PERFORMANCE.md"
+    write_report(report, _data(processes), 1500)
+    command = ("python -m bench.gmail_quota --regime legacy --accounts 10 --messages 1500 --latency 0.05 "
+               f"--error-rate 0.05{flag}`")
+    assert f"Command: `{command}" in report.read_text()
