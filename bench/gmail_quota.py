@@ -120,7 +120,7 @@ def bench_env(home: str, database_url: str, broker: str, gmail_api_url: str, reg
 
 
 def run(regime: str, accounts: int, messages: int, latency: float, error_rate: float,
-        ingest: int | None = None) -> dict[str, Any]:
+        ingest: int | None = None, windows_in_flight: int = 256) -> dict[str, Any]:
     import redis
 
     ctx = multiprocessing.get_context("spawn")
@@ -138,7 +138,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
                 migrate(url)
                 redis.Redis.from_url(BROKER).flushdb()
                 # 256 windows in flight: deep enough that the downstream stages never hold ingestion back.
-                env = bench_env(tmp, url, BROKER, info["base_url"], regime)
+                env = bench_env(tmp, url, BROKER, info["base_url"], regime, windows_in_flight)
                 os.environ.update(env)
                 workers = _workers(env, accounts, Path(tmp), ingest)
                 meter = CpuMeter({
@@ -171,7 +171,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
     results = [_account_result(email, server_side, held.get(email, set()), durations[email], regime)
                for email in sorted(info["accounts"])]
     return {"regime": regime, "accounts": accounts, "messages_per_account": messages, "latency": latency,
-            "ingest_processes": ingest or ingest_processes(accounts),
+            "ingest_processes": ingest or ingest_processes(accounts), "windows_in_flight": windows_in_flight,
             "error_rate": error_rate, "results": [asdict(r) for r in results],
             "aggregate_gets_per_second": round(sum(r.gets_per_second for r in results), 2),
             "cpu": cpu.as_dict()}
@@ -289,12 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error-rate", type=float, default=0.05)
     parser.add_argument("--ingest-processes", type=int, default=None,
                         help="The ingest worker's concurrency (default: twice the accounts, 4 to 12).")
+    parser.add_argument("--windows-in-flight", type=int, default=256,
+                        help="Windows in flight per account (MAILPIPE_WINDOWS_IN_FLIGHT).")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--report", type=Path, default=None)
     args = parser.parse_args(argv)
     ceiling = PER_MINUTE[args.regime] / 60 / GET_COST[args.regime]
     messages = args.messages or int(ceiling * 120)
-    data = run(args.regime, args.accounts, messages, args.latency, args.error_rate, args.ingest_processes)
+    data = run(args.regime, args.accounts, messages, args.latency, args.error_rate, args.ingest_processes,
+               args.windows_in_flight)
     worst = min(r["ceiling_share"] for r in data["results"])
     missing = sum(r["missing"] for r in data["results"])
     if args.json:
