@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BROKER = os.environ.get("MAILPIPE_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 GET_COST = {"legacy": 5, "2026": 20}
 PER_MINUTE = {"legacy": 15_000, "2026": 6_000}
+# Per account, by default: deep enough that the downstream stages never hold ingestion back.
+WINDOWS_IN_FLIGHT = 256
 
 
 # ---------------------------------------------------------------- the server, in its own process
@@ -105,7 +107,7 @@ def start_worker(env: dict[str, str], queues: str, concurrency: int, log_dir: Pa
 
 
 def bench_env(home: str, database_url: str, broker: str, gmail_api_url: str, regime: str,
-              windows_in_flight: int = 256) -> dict[str, str]:
+              windows_in_flight: int = WINDOWS_IN_FLIGHT) -> dict[str, str]:
     """The environment of a bench's workers and driver: this process's, minus any MAILPIPE_ setting."""
     from pipeline.credentials import new_key
 
@@ -120,7 +122,7 @@ def bench_env(home: str, database_url: str, broker: str, gmail_api_url: str, reg
 
 
 def run(regime: str, accounts: int, messages: int, latency: float, error_rate: float,
-        ingest: int | None = None, windows_in_flight: int = 256) -> dict[str, Any]:
+        ingest: int | None = None, windows_in_flight: int = WINDOWS_IN_FLIGHT) -> dict[str, Any]:
     import redis
 
     ctx = multiprocessing.get_context("spawn")
@@ -137,7 +139,6 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
             try:
                 migrate(url)
                 redis.Redis.from_url(BROKER).flushdb()
-                # 256 windows in flight: deep enough that the downstream stages never hold ingestion back.
                 env = bench_env(tmp, url, BROKER, info["base_url"], regime, windows_in_flight)
                 os.environ.update(env)
                 workers = _workers(env, accounts, Path(tmp), ingest)
@@ -269,6 +270,8 @@ def write_report(path: Path, data: dict[str, Any], messages: int) -> None:
                f"--messages {messages} --latency {data['latency']} --error-rate {data['error_rate']}")
     if data.get("ingest_processes", ingest_processes(accounts)) != ingest_processes(accounts):
         command += f" --ingest-processes {data['ingest_processes']}"
+    if data.get("windows_in_flight", WINDOWS_IN_FLIGHT) != WINDOWS_IN_FLIGHT:
+        command += f" --windows-in-flight {data['windows_in_flight']}"
     rows = [[r["email"], str(r["messages"]), str(r["missing"]), str(r["gets_per_second"]),
              str(r["ceiling_share"]), str(r["units_per_message"]), str(r["rate_limited"]),
              str(r["injected_5xx"])] for r in data["results"]]
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error-rate", type=float, default=0.05)
     parser.add_argument("--ingest-processes", type=int, default=None,
                         help="The ingest worker's concurrency (default: twice the accounts, 4 to 12).")
-    parser.add_argument("--windows-in-flight", type=int, default=256,
+    parser.add_argument("--windows-in-flight", type=int, default=WINDOWS_IN_FLIGHT,
                         help="Windows in flight per account (MAILPIPE_WINDOWS_IN_FLIGHT).")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--report", type=Path, default=None)
