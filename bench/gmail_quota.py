@@ -29,7 +29,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.cli_import import stop_embedded_postgres
 from bench.cpu import CpuMeter, pids_named, postmaster_pid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +84,8 @@ def ingest_processes(accounts: int) -> int:
     return max(4, min(2 * accounts, 12))
 
 
-def _workers(env: dict[str, str], accounts: int, log_dir: Path,
-             ingest: int | None = None) -> list[subprocess.Popen[bytes]]:
-    specs = [("ingest", ingest or ingest_processes(accounts)), ("normalize,ai", 2)]
+def _workers(env: dict[str, str], ingest: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    specs = [("ingest", ingest), ("normalize,ai", 2)]
     return [start_worker(env, queues, concurrency, log_dir) for queues, concurrency in specs]
 
 
@@ -125,6 +123,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
         ingest: int | None = None, windows_in_flight: int = WINDOWS_IN_FLIGHT) -> dict[str, Any]:
     import redis
 
+    ingest = ingest or ingest_processes(accounts)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     server = ctx.Process(target=_serve, args=(child, regime, accounts, messages, latency, error_rate))
@@ -133,7 +132,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
         info = parent.recv()
         with tempfile.TemporaryDirectory(prefix="mailpipe-bench-quota-") as tmp:
             from pipeline.storage.db import migrate
-            from pipeline.storage.embedded import start_embedded_postgres
+            from pipeline.storage.embedded import start_embedded_postgres, stop_embedded_postgres
 
             url = start_embedded_postgres(Path(tmp) / "pg")
             try:
@@ -141,7 +140,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
                 redis.Redis.from_url(BROKER).flushdb()
                 env = bench_env(tmp, url, BROKER, info["base_url"], regime, windows_in_flight)
                 os.environ.update(env)
-                workers = _workers(env, accounts, Path(tmp), ingest)
+                workers = _workers(env, ingest, Path(tmp))
                 meter = CpuMeter({
                     "workers": lambda: [w.pid for w in workers],
                     "postgres": lambda: postmaster_pid(Path(tmp) / "pg"),
@@ -172,7 +171,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
     results = [_account_result(email, server_side, held.get(email, set()), durations[email], regime)
                for email in sorted(info["accounts"])]
     return {"regime": regime, "accounts": accounts, "messages_per_account": messages, "latency": latency,
-            "ingest_processes": ingest or ingest_processes(accounts), "windows_in_flight": windows_in_flight,
+            "ingest_processes": ingest, "windows_in_flight": windows_in_flight,
             "error_rate": error_rate, "results": [asdict(r) for r in results],
             "aggregate_gets_per_second": round(sum(r.gets_per_second for r in results), 2),
             "cpu": cpu.as_dict()}

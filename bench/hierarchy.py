@@ -46,7 +46,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from bench.cli_import import load_average, stop_embedded_postgres
+from bench.cli_import import load_average
 from bench.generate import generate_mbox
 
 BROKER = os.environ.get("MAILPIPE_BENCH_REDIS", "redis://127.0.0.1:6379/5")
@@ -333,7 +333,7 @@ def run_scenario(loads: Iterable[tuple[int, int]], window_size: int, *, broker: 
     from bench.cpu import CpuMeter, pids_named, postmaster_pid
     from bench.gmail_quota import start_worker
     from pipeline.storage.db import engine_for, migrate
-    from pipeline.storage.embedded import start_embedded_postgres
+    from pipeline.storage.embedded import start_embedded_postgres, stop_embedded_postgres
 
     loads = list(loads)
     results: list[LoadResult] = []

@@ -47,7 +47,7 @@ from typing import Any, cast
 
 import psutil
 
-from bench.cli_import import ACCOUNT, load_average, run_cli_import, standing_worker, stop_embedded_postgres
+from bench.cli_import import ACCOUNT, load_average, run_cli_import, standing_worker
 from bench.generate import generate_mbox
 
 STAGE_ORDER = ("ingest", "normalize", "contacts", "embed", "insight")
@@ -182,7 +182,7 @@ def stages_alone(mbox: Path, workdir: Path, *, processes: int, embedder: str, wi
     from pipeline.runs import begin_run, ensure_account
     from pipeline.sources.mbox import iter_messages, open_mbox
     from pipeline.storage.db import engine_for, migrate
-    from pipeline.storage.embedded import start_embedded_postgres
+    from pipeline.storage.embedded import start_embedded_postgres, stop_embedded_postgres
 
     url = start_embedded_postgres(workdir / "pgdata")
     migrate(url)

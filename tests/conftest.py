@@ -28,15 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     from pipeline.storage.db import migrate
-    from pipeline.storage.embedded import start_embedded_postgres
+    from pipeline.storage.embedded import start_embedded_postgres, stop_embedded_postgres
 
     # Outside pytest's 0700 temp tree: the server runs as its own system user when we are root.
     folder = Path(tempfile.mkdtemp(prefix="mailpipe-test-pg-"))
     url = start_embedded_postgres(folder / "data")
     migrate(url)
     yield url
-    from bench.cli_import import stop_embedded_postgres
-
     # Stopped and deleted with the session: every run left its cluster (40-140 MB) in /tmp.
     stop_embedded_postgres(folder / "data")
     shutil.rmtree(folder, ignore_errors=True)

