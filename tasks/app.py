@@ -7,10 +7,11 @@ import logging
 import time
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_process_shutdown
 from celery.worker import state as worker_state
 from kombu.transport import sqlalchemy as sqla_transport
 
+from pipeline.runs import fill_progress_cache_on_start
 from pipeline.storage.db import dispose_engines, migrate
 from tasks import child_memory, context, prefork
 from tasks.config import celery_config
@@ -73,6 +74,15 @@ def _migrate_on_start(**_: object) -> None:
         from pipeline.embeddings.local import preload
 
         preload()
+
+
+@celeryd_after_setup.connect
+def _cache_progress_on_start(**_: object) -> None:
+    # After an upgrade of the code or the schema: the finished runs' figures in the new layout are cached
+    # here, once, rather than aggregated by the first `status` that shows them. Here rather than on
+    # worker_init: the worker's logging is set up by now (and its pool not yet started).
+    logging.getLogger("pipeline").setLevel(logging.INFO)  # as in the children: it says what it did
+    fill_progress_cache_on_start(context.engine())
 
 
 def _embeds_here() -> bool:

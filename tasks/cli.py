@@ -19,9 +19,10 @@ from rich.text import Text
 
 from pipeline.errors import BadInputError, ConfigError, MailpipeError, RunConflictError
 from pipeline.importing import ImportSummary, import_mbox
-from pipeline.runs import RunProgress
+from pipeline.runs import RunProgress, fill_progress_cache
 from pipeline.settings import Settings
 from pipeline.sources.mbox import open_mbox
+from pipeline.storage.db import HEAD_REVISION
 from pipeline.storage.models import STAGES
 from pipeline.syncing import SyncSummary
 from tasks.runtime import Runtime, runtime
@@ -887,10 +888,18 @@ def serve(
 
 
 @app.command()
-def migrate() -> None:
-    """Create or upgrade the schema (every command also does this on start)."""
+def migrate(as_json: bool = JsonOpt) -> None:
+    """Create or upgrade the schema (every command also does this on start), and cache the figures of the
+    finished runs that have none of this version's (workers also do this when they start)."""
     with runtime(Settings()) as rt:
-        out.print(f"schema at head on {rt.engine.url.render_as_string(hide_password=True)}")
+        cached = fill_progress_cache(rt.engine)
+        where = rt.engine.url.render_as_string(hide_password=True)
+    if as_json:
+        _json({"database": where, "schema": HEAD_REVISION, "runs_cached": cached})
+        return
+    out.print(f"schema at head ({HEAD_REVISION}) on {where}")
+    out.print("finished runs' progress: another process is caching it" if cached is None
+              else f"finished runs' progress cached: {cached} runs")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from pipeline.runs import fill_progress_cache_on_start
 from pipeline.settings import Settings, get_settings
 from pipeline.storage.db import database_url, engine_for, migrate
 from tasks import context
@@ -100,8 +101,10 @@ def runtime(settings: Settings, *, workers: bool = False, standing: bool = True)
         # The pool boots (~1.3 s of imports and forks) while this migrates: a new home's migrations took
         # ~0.5 s. Its workers migrate when they start too; both wait on env.py's advisory lock, and
         # whichever comes second finds the schema at head.
-        migrate(url)
+        upgraded = migrate(url)
         rt = Runtime(settings, engine_for(url), url, broker, pool, running)
+        if upgraded:  # the workers fill it when they start, but standing ones did not restart
+            fill_progress_cache_on_start(rt.engine)
         yield rt
     finally:
         pool = rt.pool if rt else pool  # a pool started when a `mailpipe worker` stopped, too

@@ -5,7 +5,12 @@ snapshot the figures were computed in and their writing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +20,8 @@ from pipeline import progress_cache
 from pipeline.records import RawMessage
 from pipeline.reports import _STATUS, status
 from pipeline.runs import (
+    FILL_BATCH,
+    FILL_LOCK,
     STAGES,
     FiguresRead,
     RunProgress,
@@ -23,6 +30,8 @@ from pipeline.runs import (
     end_reading,
     ensure_account,
     figures_of,
+    fill_progress_cache,
+    fill_progress_cache_on_start,
     record_failure,
     run_progress,
     runs_progress_in,
@@ -419,3 +428,130 @@ def test_status_lists_every_account_in_order_with_its_own_runs_latest_first(engi
     assert shown[1]["runs"] == [] and shown[1]["messages"] == 0
     assert [r["run_id"] for r in shown[2]["runs"]] == runs[third]
     assert all(r["status"] == "done" and r["windows_finished"] == 0 for a in shown for r in a["runs"])
+
+
+def _cached_runs(engine: Engine) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT run_id, progress->>'layout' FROM run_progress_cache")).all())
+
+
+def _status_would_cache(engine: Engine) -> list[int]:
+    """The runs `status` would aggregate and then store, read as it reads them (nothing stored here)."""
+    with reading(engine) as conn:
+        return sorted(figures_of(conn.execute(_STATUS, {"recent_runs": 100}).all()).cacheable)
+
+
+def _uncached_mix(engine: Engine) -> tuple[list[int], list[int]]:
+    """Runs as an upgrade leaves them: finished ones with no cached row or one of another layout, a running
+    one and an ended one whose window never finished. Returns (those to cache, those not to)."""
+    account, first, _ = _finished_run(engine)
+    _, second, _ = _finished_run(engine, windows=3)
+    _, third, _ = _finished_run(engine, windows=1)
+    _forget(engine)
+    _shown(engine, third)  # cached by status, then made a row of the previous version
+    with transaction(engine) as s:
+        s.execute(text("UPDATE run_progress_cache SET progress = jsonb_set(progress, '{layout}', '\"1:old\"')"))
+    running = begin_run(engine, account, "import", "test", stale_seconds=60)
+    add_window(engine, running, 0, [RawMessage("offset:7:0", b"Subject: x\n\nhi\n")])
+    ended = ensure_account(engine, "other@example.com", [])
+    abandoned = begin_run(engine, ended, "import", "test", stale_seconds=60)
+    add_window(engine, abandoned, 0, [RawMessage("offset:8:0", b"Subject: x\n\nhi\n")])
+    with transaction(engine) as s:
+        s.execute(text("UPDATE sync_runs SET status = 'abandoned' WHERE id = :id"), {"id": abandoned})
+    return [first, second, third], [running, abandoned]
+
+
+@pytest.mark.parametrize("batch", [FILL_BATCH, 1])
+def test_the_fill_caches_every_finished_run_so_that_status_aggregates_none(engine: Engine, batch: int) -> None:
+    to_cache, not_to = _uncached_mix(engine)
+    assert _status_would_cache(engine) == to_cache  # what the first status after the upgrade would aggregate
+    assert fill_progress_cache(engine, batch=batch) == len(to_cache)
+    cached = _cached_runs(engine)
+    assert sorted(cached) == to_cache and set(cached.values()) == {progress_cache.LAYOUT}
+    shown = {r["run_id"]: r for a in status(engine, recent_runs=100) for r in a["runs"]}
+    for run in to_cache:
+        assert _as_truth(shown[run]) == _truth(engine, run)
+    assert _status_would_cache(engine) == []
+    statements = _statements_during(engine, lambda: status(engine, recent_runs=100))
+    assert len(statements) == 1, statements  # read, nothing to store
+    assert not set(not_to) & set(_cached_runs(engine))
+    assert fill_progress_cache(engine, batch=batch) == 0  # nothing left: a later start does nothing
+
+
+def test_a_fill_while_another_process_fills_leaves_it_to_that_one(engine: Engine) -> None:
+    to_cache, _ = _uncached_mix(engine)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as other:
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": FILL_LOCK})
+        try:
+            assert fill_progress_cache(engine) is None
+            assert _status_would_cache(engine) == to_cache  # nothing written
+        finally:
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FILL_LOCK})
+    assert fill_progress_cache(engine) == len(to_cache)
+
+
+def test_a_fill_on_start_that_cannot_reach_the_database_is_logged_not_raised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.storage.db import engine_for
+
+    unreachable = engine_for("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    with caplog.at_level("WARNING", logger="pipeline.runs"):
+        fill_progress_cache_on_start(unreachable)
+    assert "progress not cached on start" in caplog.text
+
+
+@pytest.mark.integration
+def test_a_worker_caches_the_finished_runs_progress_when_it_starts(
+        engine: Engine, mailpipe_env: dict[str, str], redis_broker: str, tmp_path: Path) -> None:
+    from tests.conftest import CeleryProcess
+
+    to_cache, not_to = _uncached_mix(engine)
+    # A queue of its own: this worker takes none of the session worker's tasks.
+    proc = CeleryProcess(["worker", "-Q", f"fill-{time.time_ns()}", "-c", "1", "--pool", "prefork", "-l", "INFO",
+                          "-n", f"fill-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
+                         {**mailpipe_env, "MAILPIPE_EMBEDDER": "none"}, tmp_path / "worker.log", ready="ready.")
+    proc.start()
+    try:
+        assert sorted(_cached_runs(engine)) == to_cache  # before it was ready
+        assert f"cached the progress of {len(to_cache)} finished runs" in (tmp_path / "worker.log").read_text()
+    finally:
+        proc.stop()
+    assert not set(not_to) & set(_cached_runs(engine))
+
+
+@pytest.mark.integration
+def test_mailpipe_migrate_caches_the_finished_runs_progress_and_says_how_many(
+        engine: Engine, pg_url: str, tmp_path: Path) -> None:
+    to_cache, _ = _uncached_mix(engine)
+    env = {**os.environ, "MAILPIPE_DATABASE_URL": pg_url, "MAILPIPE_HOME": str(tmp_path), "MAILPIPE_EMBEDDER": "none"}
+    env.pop("MAILPIPE_BROKER_URL", None)
+    done = subprocess.run([sys.executable, "-m", "tasks.cli", "migrate", "--json"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["runs_cached"] == len(to_cache)
+    assert sorted(_cached_runs(engine)) == to_cache
+    again = subprocess.run([sys.executable, "-m", "tasks.cli", "migrate"], env=env, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert again.returncode == 0 and "progress cached: 0 runs" in again.stdout, again.stderr
+
+
+@pytest.mark.parametrize("upgraded", [True, False])
+def test_a_command_that_upgraded_the_schema_caches_the_finished_runs_progress(
+        engine: Engine, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upgraded: bool) -> None:
+    """Standing workers did not restart to fill it: the command that ran the upgrade does."""
+    import tasks.runtime as runtime_module
+    from pipeline.settings import Settings, get_settings
+    from tasks import context
+
+    to_cache, _ = _uncached_mix(engine)
+    with monkeypatch.context() as patched:
+        # runtime() exports the URLs it chose: set here, so that the environment is restored after it.
+        patched.setenv("MAILPIPE_DATABASE_URL", pg_url)
+        patched.setenv("MAILPIPE_BROKER_URL", "sqla+" + pg_url)
+        patched.setattr(runtime_module, "migrate", lambda url: upgraded)  # whether this command upgraded
+        with runtime_module.runtime(Settings(database_url=pg_url, home=tmp_path, embedder="none")):
+            pass
+    get_settings.cache_clear()  # read from the restored environment again
+    context.resolved_database_url.cache_clear()
+    current = sorted(run for run, layout in _cached_runs(engine).items() if layout == progress_cache.LAYOUT)
+    assert current == (to_cache if upgraded else [])

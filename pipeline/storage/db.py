@@ -134,13 +134,15 @@ def schema_revision(url: str) -> str | None:
         engine.dispose()
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to head. Concurrent callers serialize on an advisory lock in env.py.
+def migrate(url: str) -> bool:
+    """Bring the schema to head; returns whether it was below (an upgrade ran, here or in a concurrent
+    caller). Concurrent callers serialize on an advisory lock in env.py.
 
     Checked first without the lock: Alembic writes the version in the transaction of the migration's
     own changes, so a schema at HEAD_REVISION has all of them."""
     if schema_revision(url) == HEAD_REVISION:
-        return
+        return False
     from alembic import command
 
     command.upgrade(alembic_config(url), "head")
+    return True
