@@ -714,9 +714,9 @@ def buffers(plan: dict[str, Any]) -> tuple[int, int]:
 class Case:
     name: str
     function: str
-    target_ms: float
+    target_ms: float | None  # None: shown for context, no target (not a query a user waits on each time)
     call: Callable[[random.Random], object]
-    reps: int | None = None  # fewer repetitions than --reps (a call that reads every account)
+    reps: int | None = None  # fewer repetitions (and warm-up calls) than --reps and --warmup: a long call
     explain_reps: int | None = None
     before: Callable[[], object] | None = None  # before each call, not timed
 
@@ -809,6 +809,7 @@ def cases(engine: Engine, url: str, fx: Fixture) -> list[Case]:
     from pipeline.reports import status, top_contacts
     from pipeline.runs import (
         claim_stage,
+        fill_progress_cache,
         maybe_finish_run,
         open_window_ids,
         open_windows,
@@ -887,14 +888,27 @@ def cases(engine: Engine, url: str, fx: Fixture) -> list[Case]:
         Case("search --from address", "search.search(sender)", SEARCH_TARGET_MS, lambda rng: do_search(rng, "from")),
         Case("search --after/--before (90 days)", "search.search(dates)", SEARCH_TARGET_MS,
              lambda rng: do_search(rng, "dates")),
-        # The first call after a change to finished runs (or after runs that finished before the cache
-        # existed): their figures are aggregated, then cached (pipeline.progress_cache); the first case
-        # reads them from the cache. Last, because it writes: its hundreds of deletes and stores left
-        # the cases after it a server checkpointing and vacuuming (search's p95 64 ms after it, 29
-        # without it: docs/PERFORMANCE.md, eleventh round).
-        Case("mailpipe status, progress not cached", "reports.status", TARGET_MS, lambda rng: status(engine),
+        # Last, because they write: the hundreds of deletes and stores of the second left the cases after
+        # it a server checkpointing and vacuuming (search's p95 64 ms after it, 29 without it:
+        # docs/PERFORMANCE.md, eleventh round).
+        # What a worker's start, or the command that upgraded the schema, does when every finished run's
+        # figures are missing from the cache (after an upgrade that changed their layout, or for runs that
+        # finished before the cache existed): they are aggregated and cached, so that the first `status`
+        # reads them as the first case does. Once per upgrade: for context, no target.
+        Case("upgrade: every finished run's progress cached", "runs.fill_progress_cache", None,
+             lambda rng: _filled(fill_progress_cache(engine)), reps=10, explain_reps=1,
+             before=lambda: forget_cached_progress(engine)),
+        # The first call that meets them all uncached, were the cache not filled first (the case above):
+        # it aggregates them, then caches them (pipeline.progress_cache). For context since the fill.
+        Case("mailpipe status, progress not cached", "reports.status", None, lambda rng: status(engine),
              explain_reps=1, before=lambda: forget_cached_progress(engine)),
     ]
+
+
+def _filled(cached: int | None) -> int:
+    if not cached:  # None: another process held the lock; 0: nothing was measured
+        raise RuntimeError(f"the fill cached nothing ({cached!r}): every finished run was uncached before it")
+    return cached
 
 
 # ---------------------------------------------------------------------------------------------
@@ -905,7 +919,7 @@ def cases(engine: Engine, url: str, fx: Fixture) -> list[Case]:
 class CaseResult:
     name: str
     function: str
-    target_ms: float
+    target_ms: float | None
     reps: int
     p50_ms: float
     p95_ms: float
@@ -919,7 +933,13 @@ class CaseResult:
 
     @property
     def met(self) -> bool:
-        return self.p95_ms <= self.target_ms and not self.seq_scans
+        return (self.target_ms is None or self.p95_ms <= self.target_ms) and not self.seq_scans
+
+    @property
+    def target(self) -> str:
+        if self.target_ms is None:
+            return "context" + ("" if self.met else ", seq scan")
+        return f"{self.target_ms:g} ms {'met' if self.met else 'NOT met'}"
 
 
 class StatementTimes:
@@ -970,7 +990,7 @@ def measure(engine: Engine, case: Case, *, reps: int, explain_reps: int, warmup:
             log: Callable[[str], None] = lambda _: None) -> tuple[CaseResult, list[ExplainedStatement]]:
     rng = random.Random(seed)
     before = case.before or (lambda: None)
-    for _ in range(warmup):
+    for _ in range(min(case.reps, warmup) if case.reps else warmup):
         before()
         case.call(rng)
     wanted = min(case.reps, reps) if case.reps else reps
@@ -1136,10 +1156,10 @@ def report(path: Path, command: str, out: dict[str, Any]) -> None:
     header = ["query", "function", "calls", "p50 ms", "p95 ms", "max ms", "target", "plan's key node",
               "buffers hit/read per call", "statements per call", "seq scans on large tables"]
     rows = [[r.name, f"`{r.function}`", str(r.reps), f"{r.p50_ms}", f"**{r.p95_ms}**", f"{r.max_ms}",
-             f"{r.target_ms:g} ms {'met' if r.met else 'NOT met'}", r.key_node, f"{r.hit:g}/{r.read:g}",
+             r.target, r.key_node, f"{r.hit:g}/{r.read:g}",
              f"{r.statements:g}", "; ".join(r.seq_scans) or "none"] for r in results]
     spec, load_info = out["spec"], out["load"]
-    missed = [r.name for r in results if r.p95_ms > r.target_ms]
+    missed = [r.name for r in results if r.target_ms is not None and r.p95_ms > r.target_ms]
     scans = [r.name for r in results if r.seq_scans]
     rows_loaded = load_info.get("rows", {})
     verdict = (
@@ -1151,6 +1171,8 @@ def report(path: Path, command: str, out: dict[str, Any]) -> None:
         f"Load average (1/5/15 min) before the timed calls {out['loadavg_before']}, after {out['loadavg_after']}. "
         f"Targets p95 ≤ {TARGET_MS:g} ms, search ≤ {SEARCH_TARGET_MS:g} ms: "
         + (f"missed by {', '.join(missed)}. " if missed else "all met. ")
+        + ("Rows whose target reads \"context\" have none: " + ", ".join(r.name for r in results if r.target_ms is None)
+           + ". " if any(r.target_ms is None for r in results) else "")
         + ("Sequential scans of large tables in: " + ", ".join(scans) + "." if scans
            else "No sequential scan of a large table in any plan.")
         + (" pg_stat_statements: in use." if out["pg_stat_statements"] else

@@ -49,8 +49,10 @@ def test_tiny_scenario_loads_every_table_and_reports_every_query(data_dir: Path,
     assert {"mailpipe status (every account)", "run progress", "claim a window's stage",
             "enrichment sweep: owed (all accounts)", "contacts page (top 20)", "a thread", "search",
             "search --from address"} <= set(results)
-    # The one case that writes is measured last: its deletes and stores are not left to the others.
-    assert out["results"][-1]["name"] == "mailpipe status, progress not cached"
+    # The cases that write are measured last: their deletes and stores are not left to the others.
+    assert [r["name"] for r in out["results"][-2:]] == ["upgrade: every finished run's progress cached",
+                                                        "mailpipe status, progress not cached"]
+    assert [r["target_ms"] for r in out["results"][-2:]] == [None, None]  # context: no target
     for r in results.values():
         assert r["reps"] >= 3 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"], r
         assert r["statements"] >= 1 and r["explained"] == 1, r
@@ -63,6 +65,8 @@ def test_tiny_scenario_loads_every_table_and_reports_every_query(data_dir: Path,
     # The exact command: the options given that differ from their defaults are in it.
     assert "--reps 3 --explain-reps 1 --warmup 1 --budget 5.0 --data DIR`" in text_md
     assert "| search | `search.search` |" in text_md
+    assert "| upgrade: every finished run's progress cached | `runs.fill_progress_cache` |" in text_md
+    assert 'Rows whose target reads "context" have none: upgrade: every' in text_md
     assert "python -m bench.db_scale --messages 2000 --accounts 3" in text_md
 
 
