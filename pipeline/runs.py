@@ -303,7 +303,8 @@ def remember_progress(engine: Engine, run_ids: Sequence[int]) -> int:
 
 
 FILL_LOCK = 7_240_015  # advisory lock id of fill_progress_cache: two workers starting at once fill once
-FILL_BATCH = 200  # runs aggregated per statement: ~25 µs each on the server at 1M, one short statement
+FILL_BATCH = 1000  # runs per statement: at 1M (5,036 finished runs), 0.19-0.20 s in all against 0.26 by
+# 200 (ad-hoc, fill_progress_cache timed on db-scale's database; docs/PERFORMANCE.md, seventeenth round)
 # Finished runs (every window finished) without a cached list of this layout: those `status` would
 # aggregate. A stale row of this layout is left to `status`, which aggregates that run alone.
 _UNCACHED = text(
