@@ -294,11 +294,13 @@ def maybe_finish_run(engine: Engine, run_id: int) -> bool:
     return finished
 
 
-def remember_progress(engine: Engine, run_ids: Sequence[int]) -> int:
+def remember_progress(engine: Engine, run_ids: Sequence[int], *, aggregate: bool = False) -> int:
     """Compute these runs' progress in one snapshot and cache the figures of those finished; returns
-    how many were cached."""
+    how many were cached. `aggregate`: for runs known to have no current cached row, which the statement
+    then does not look up."""
+    statement = _RUNS_BY_ID_AGGREGATED if aggregate else _RUNS_BY_ID
     with reading(engine) as conn:  # one statement: its snapshot is the figures'
-        read = figures_of(conn.execute(_RUNS_BY_ID, {"run_ids": list(run_ids)}).all())
+        read = figures_of(conn.execute(statement, {"run_ids": list(run_ids)}).all())
     return progress_cache.store(engine, read.snapshot, read.cacheable) if read.snapshot is not None else 0
 
 
@@ -330,7 +332,11 @@ def fill_progress_cache(engine: Engine, batch: int = FILL_BATCH) -> int | None:
             ids = list(lock.execute(_UNCACHED).scalars())
             cached = 0
             for at in range(0, len(ids), batch):
-                cached += remember_progress(engine, ids[at:at + batch])
+                # Without the lookup of their cached rows: they have none of this layout. With it, from
+                # the sixth batch on psycopg's prepared statement ran PostgreSQL's generic plan, made
+                # when the emptied cache table had no pages: a scan of it per run, as it filled (at 1M
+                # 0.85 s a fill against 0.2; ad-hoc, docs/PERFORMANCE.md, seventeenth round).
+                cached += remember_progress(engine, ids[at:at + batch], aggregate=True)
             return cached
         finally:
             lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FILL_LOCK})
