@@ -342,19 +342,20 @@ def fill_progress_cache(engine: Engine, batch: int = FILL_BATCH) -> int | None:
             lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FILL_LOCK})
 
 
-def fill_progress_cache_on_start(engine: Engine) -> None:
+def fill_progress_cache_on_start(engine: Engine) -> int:
     """fill_progress_cache for a process that is starting: what it did is logged, and a failure only logged
-    (the cache saves time, nothing more: `status` aggregates what is not in it)."""
+    (the cache saves time, nothing more: `status` aggregates what is not in it). Returns the runs cached."""
     started = time.perf_counter()
     try:
         cached = fill_progress_cache(engine)
     except SQLAlchemyError as exc:
         log.warning("finished runs' progress not cached on start: %s", exc)
-        return
+        return 0
     if cached is None:
         log.info("finished runs' progress: another process is caching it")
     elif cached:
         log.info("cached the progress of %d finished runs in %.2f s", cached, time.perf_counter() - started)
+    return cached or 0
 
 
 # ---------------------------------------------------------------- windows

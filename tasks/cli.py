@@ -892,14 +892,16 @@ def migrate(as_json: bool = JsonOpt) -> None:
     """Create or upgrade the schema (every command also does this on start), and cache the figures of the
     finished runs that have none of this version's (workers also do this when they start)."""
     with runtime(Settings()) as rt:
-        cached = fill_progress_cache(rt.engine)
+        more = fill_progress_cache(rt.engine)  # None: another process is filling
         where = rt.engine.url.render_as_string(hide_password=True)
+    cached = rt.progress_cached + (more or 0)  # an upgrade on start cached them already
     if as_json:
-        _json({"database": where, "schema": HEAD_REVISION, "runs_cached": cached})
+        _json({"database": where, "schema": HEAD_REVISION, "upgraded": rt.upgraded, "runs_cached": cached,
+               "another_process_caching": more is None})
         return
-    out.print(f"schema at head ({HEAD_REVISION}) on {where}")
-    out.print("finished runs' progress: another process is caching it" if cached is None
-              else f"finished runs' progress cached: {cached} runs")
+    out.print(f"schema {'upgraded to' if rt.upgraded else 'at'} head ({HEAD_REVISION}) on {where}")
+    out.print(f"finished runs' progress cached: {cached} runs"
+              + ("; another process is caching the rest" if more is None else ""))
 
 
 if __name__ == "__main__":

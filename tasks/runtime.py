@@ -29,6 +29,8 @@ class Runtime:
     broker_url: str
     pool: WorkerPool | None
     standing: StandingWorker | None = None  # the `mailpipe worker` the work goes to
+    upgraded: bool = False  # this command's start upgraded the schema
+    progress_cached: int = 0  # finished runs whose figures its start then cached (pipeline.runs.fill_progress_cache)
 
     def dispatch(self, window_id: int) -> None:
         from tasks.chains import dispatch_window
@@ -102,9 +104,9 @@ def runtime(settings: Settings, *, workers: bool = False, standing: bool = True)
         # ~0.5 s. Its workers migrate when they start too; both wait on env.py's advisory lock, and
         # whichever comes second finds the schema at head.
         upgraded = migrate(url)
-        rt = Runtime(settings, engine_for(url), url, broker, pool, running)
+        rt = Runtime(settings, engine_for(url), url, broker, pool, running, upgraded=upgraded)
         if upgraded:  # the workers fill it when they start, but standing ones did not restart
-            fill_progress_cache_on_start(rt.engine)
+            rt.progress_cached = fill_progress_cache_on_start(rt.engine)
         yield rt
     finally:
         pool = rt.pool if rt else pool  # a pool started when a `mailpipe worker` stopped, too

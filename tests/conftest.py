@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
     from pipeline.testing.gmail_server import GmailServer
@@ -38,6 +39,20 @@ def pg_url() -> Iterator[str]:
     # Stopped and deleted with the session: every run left its cluster (40-140 MB) in /tmp.
     stop_embedded_postgres(folder / "data")
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def empty_database(pg_url: str) -> Iterator[str]:
+    """A database of its own on the session's server, without a schema (migrations are run on it)."""
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -5,32 +5,15 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
 
 from pipeline.storage.db import HEAD_REVISION, alembic_config, migrate, schema_revision
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def empty_database(pg_url: str) -> Iterator[str]:
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_upgrade_head_on_an_empty_database_then_check_finds_no_drift(empty_database: str) -> None:

@@ -519,20 +519,52 @@ def test_a_worker_caches_the_finished_runs_progress_when_it_starts(
     assert not set(not_to) & set(_cached_runs(engine))
 
 
+def _mailpipe(url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MAILPIPE_DATABASE_URL": url, "MAILPIPE_HOME": str(home), "MAILPIPE_EMBEDDER": "none"}
+    env.pop("MAILPIPE_BROKER_URL", None)
+    done = subprocess.run([sys.executable, "-m", "tasks.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.integration
 def test_mailpipe_migrate_caches_the_finished_runs_progress_and_says_how_many(
         engine: Engine, pg_url: str, tmp_path: Path) -> None:
     to_cache, _ = _uncached_mix(engine)
-    env = {**os.environ, "MAILPIPE_DATABASE_URL": pg_url, "MAILPIPE_HOME": str(tmp_path), "MAILPIPE_EMBEDDER": "none"}
-    env.pop("MAILPIPE_BROKER_URL", None)
-    done = subprocess.run([sys.executable, "-m", "tasks.cli", "migrate", "--json"], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["runs_cached"] == len(to_cache)
+    said = json.loads(_mailpipe(pg_url, tmp_path, "migrate", "--json").stdout)
+    assert (said["upgraded"], said["runs_cached"], said["another_process_caching"]) == (False, len(to_cache), False)
     assert sorted(_cached_runs(engine)) == to_cache
-    again = subprocess.run([sys.executable, "-m", "tasks.cli", "migrate"], env=env, capture_output=True, text=True,
-                           timeout=120, check=False)
-    assert again.returncode == 0 and "progress cached: 0 runs" in again.stdout, again.stderr
+    assert "progress cached: 0 runs" in _mailpipe(pg_url, tmp_path, "migrate").stdout
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["migrate", "accounts list"])
+def test_runs_that_finished_before_the_cache_existed_are_cached_by_the_upgrade_that_adds_it(
+        empty_database: str, tmp_path: Path, command: str) -> None:
+    """The schema one migration before the cache (0015), with finished runs; whichever command upgrades
+    it caches their figures, and the first `status` then aggregates none of them."""
+    from alembic.command import downgrade
+
+    from pipeline.storage.db import alembic_config, engine_for, migrate
+
+    migrate(empty_database)
+    engine = engine_for(empty_database)
+    try:
+        runs = sorted(_finished_run(engine, windows=w)[1] for w in (1, 2, 3))
+        downgrade(alembic_config(empty_database), "0014")  # the cache's table and triggers dropped
+        said = json.loads(_mailpipe(empty_database, tmp_path, *command.split(), "--json").stdout)
+        if command == "migrate":
+            assert (said["upgraded"], said["runs_cached"]) == (True, len(runs))
+        assert sorted(_cached_runs(engine)) == runs
+        shown: list[dict[str, Any]] = []
+        statements = _statements_during(engine, lambda: shown.extend(status(engine)))
+        assert len(statements) == 1, statements  # read from the cache, nothing left to store
+        by_id = {r["run_id"]: r for a in shown for r in a["runs"]}
+        for run in runs:
+            assert _as_truth(by_id[run]) == _truth(engine, run)
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("upgraded", [True, False])
