@@ -12,7 +12,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any, cast
 
-from sqlalchemy import Boolean, Table, func, literal_column, select
+from sqlalchemy import Boolean, Table, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -98,7 +98,8 @@ def _ingest_items(session: Session, claim: StageClaim, items: Iterable[WindowIte
     # message twice, windows of one account in two processes) then take those keys' locks in the same
     # order, and one waits for the other instead of each holding a key the other needs (a deadlock,
     # retried as transient: docs/PERFORMANCE.md, fourteenth round).
-    stored = _upsert_messages(session, claim.account_id, sorted(firsts.values(), key=lambda entry: entry[1]))
+    in_key_order = sorted(firsts.values(), key=lambda entry: entry[1])
+    stored = _upsert_messages(session, claim.account_id, claim.window_id, in_key_order)
     for item, key, _, _ in firsts.values():
         message_id, inserted = stored[key]
         item.outcome = "new" if inserted else "duplicate"
@@ -126,8 +127,6 @@ def _upsert_statement(*returning: Any) -> Any:
 
 _INSERTED = literal_column("xmax = 0", Boolean)
 _UPSERT = _upsert_statement(_MESSAGES.c.id, _INSERTED)
-# Many messages at once: each returned row says whose it is.
-_UPSERT_MANY = _upsert_statement(_MESSAGES.c.id, _MESSAGES.c.message_key, _INSERTED)
 
 
 def _values(account_id: int, key: str, rfc_id: str | None, item: WindowItem, raw: bytes) -> dict[str, object]:
@@ -145,14 +144,41 @@ def _values(account_id: int, key: str, rfc_id: str | None, item: WindowItem, raw
     }
 
 
+# The window's first copies of its keys, in one statement that reads each item's bytes and Gmail
+# fields where fetch left them: only the keys parsed here travel as parameters, three arrays, so the
+# statement's text never changes. SQLAlchemy's multi-row VALUES sent every column of every row back,
+# and psycopg parsed that statement's ~2,000 placeholders again for each window: a seventh of an
+# ingest worker's CPU (py-spy; docs/PERFORMANCE.md, eighteenth round). The ON CONFLICT clause is
+# _upsert_statement's; rows go in the order of the arrays (sorted by key: see _ingest_items).
+_UPSERT_FROM_ITEMS = text("""
+    INSERT INTO messages (account_id, message_key, rfc_message_id, source_ref, gmail_id, gmail_thread_id,
+                          labels, raw, size, content_hash)
+    SELECT :account_id, k.message_key, k.rfc_message_id, w.source_ref, w.gmail_id, w.gmail_thread_id,
+           w.labels, w.raw, length(w.raw), encode(sha256(w.raw), 'hex')
+    FROM unnest(CAST(:positions AS integer[]), CAST(:keys AS text[]), CAST(:rfc_ids AS text[]))
+         WITH ORDINALITY AS k(position, message_key, rfc_message_id, ord)
+    JOIN window_items w ON w.window_id = :window_id AND w.position = k.position
+    ORDER BY k.ord
+    ON CONFLICT (account_id, message_key) DO UPDATE
+        SET gmail_id = excluded.gmail_id, labels = excluded.labels
+        WHERE messages.gmail_id IS NULL AND excluded.gmail_id IS NOT NULL
+    RETURNING id, message_key, xmax = 0
+""")
+
+
 def _upsert_messages(
-    session: Session, account_id: int, entries: list[tuple[WindowItem, str, str | None, bytes]]
+    session: Session, account_id: int, window_id: int, entries: list[tuple[WindowItem, str, str | None, bytes]]
 ) -> dict[str, tuple[int, bool]]:
-    """`_upsert_message` for items of distinct keys, in one statement (SQLAlchemy's multi-row
-    "insertmanyvalues"): (id, inserted) by key. One statement per message was most of the stage's time."""
+    """`_upsert_message` for items of distinct keys of one window, in one statement: (id, inserted) by key.
+    One statement per message was most of the stage's time."""
     if not entries:
         return {}
-    rows = session.execute(_UPSERT_MANY, [_values(account_id, key, rfc, item, raw) for item, key, rfc, raw in entries])
+    rows = session.execute(_UPSERT_FROM_ITEMS, {
+        "account_id": account_id, "window_id": window_id,
+        "positions": [item.position for item, _, _, _ in entries],
+        "keys": [key for _, key, _, _ in entries],
+        "rfc_ids": [rfc for _, _, rfc, _ in entries],
+    })
     stored = {str(key): (int(mid), bool(inserted)) for mid, key, inserted in rows}
     for item, key, _, _ in entries:
         if key not in stored:  # held already, and this copy lent it nothing: see _upsert_message
