@@ -28,7 +28,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
-from pipeline.testing.gmail_mailbox import FakeMailbox
+from pipeline.testing.gmail_mailbox import FORMATS, FakeMailbox, message_resource
 from pipeline.testing.gmail_server import Faults, GmailServer, QuotaLedger, QuotaRegime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,6 +264,22 @@ def test_get_in_all_four_formats(sample: tuple[GmailServer, Any]) -> None:
                                                   id=attachment["body"]["attachmentId"]))
     expected = parsed.get_payload()[int(attachment["partId"])].get_payload(decode=True)
     assert base64.urlsafe_b64decode(data["data"]) == expected and data["size"] == len(expected)
+
+
+def test_a_message_is_parsed_once_and_answers_alike_in_every_format(sample: tuple[GmailServer, Any]) -> None:
+    server, users = sample
+    box = server.mailbox(ME)
+    box.prepare_contents()
+    mid = next(m for m in box.ids() if b"multipart/mixed" in box.get(m).raw)
+    kept = box.content(box.get(mid))
+    assert box.content(box.get(mid)) is kept
+    box.modify_labels(mid, add=["STARRED"])  # a new StoredMessage, the same bytes: the same content
+    msg = box.get(mid)
+    assert "STARRED" in msg.label_ids and box.content(msg) is kept
+    for fmt in FORMATS:
+        assert message_resource(msg, fmt, ["Subject"], kept) == message_resource(msg, fmt, ["Subject"])
+        answered = run(users.messages().get(userId="me", id=mid, format=fmt, metadataHeaders=["Subject"]))
+        assert answered == message_resource(msg, fmt, ["Subject"])
 
 
 def test_full_format_decodes_text_and_headers(sample: tuple[GmailServer, Any]) -> None:

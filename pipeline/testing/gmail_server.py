@@ -770,7 +770,7 @@ def _messages_get(server: GmailServer, box: FakeMailbox, args: dict[str, str], r
     if server.faults.take_delete_on_get(message_id):
         _mailbox_call(lambda: box.delete(message_id))
     msg = _mailbox_call(lambda: box.get(message_id))
-    return Response.json(200, message_resource(msg, fmt, req.params("metadataHeaders")))
+    return Response.json(200, message_resource(msg, fmt, req.params("metadataHeaders"), box.content(msg)))
 
 
 def _attachments_get(server: GmailServer, box: FakeMailbox, args: dict[str, str], req: Request) -> Response:
@@ -786,7 +786,7 @@ def _threads_get(server: GmailServer, box: FakeMailbox, args: dict[str, str], re
     messages = _mailbox_call(lambda: box.thread(args["id"]))
     headers = req.params("metadataHeaders")
     body = {"id": args["id"], "historyId": str(max(m.history_id for m in messages)),
-            "messages": [message_resource(m, fmt, headers) for m in messages]}
+            "messages": [message_resource(m, fmt, headers, box.content(m)) for m in messages]}
     return Response.json(200, body)
 
 
