@@ -812,9 +812,9 @@ def cases(engine: Engine, url: str, fx: Fixture) -> list[Case]:
         fill_progress_cache,
         maybe_finish_run,
         open_window_ids,
-        open_windows,
         run_progress,
         stalled_windows,
+        window_backlog,
     )
     from pipeline.search import SearchFilters, search
     from pipeline.settings import Settings
@@ -857,8 +857,8 @@ def cases(engine: Engine, url: str, fx: Fixture) -> list[Case]:
         Case("mailpipe status (every account)", "reports.status", TARGET_MS, lambda rng: status(engine),
              explain_reps=1),  # no parameter to vary: one call's statements explained
         Case("run progress", "runs.run_progress", TARGET_MS, lambda rng: run_progress(engine, rng.choice(fx.runs))),
-        Case("back-pressure: open windows", "runs.open_windows", TARGET_MS,
-             lambda rng: open_windows(engine, rng.choice(running))),
+        Case("back-pressure: open windows", "runs.window_backlog", TARGET_MS,
+             lambda rng: window_backlog(engine, rng.choice(running))),
         Case("re-dispatch: open window ids", "runs.open_window_ids", TARGET_MS,
              lambda rng: open_window_ids(engine, rng.choice(running))),
         Case("watchdog: stalled windows", "runs.stalled_windows", TARGET_MS,

@@ -387,12 +387,25 @@ def add_window(engine: Engine, run_id: int, seq: int, messages: Sequence[RawMess
 
 
 def open_windows(engine: Engine, run_id: int) -> int:
+    return window_backlog(engine, run_id).open
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBacklog:
+    """A run's unfinished windows, and how many of them have not yet been ingested (for a Gmail window:
+    waiting for its fetch or fetching)."""
+
+    open: int
+    before_ingest: int
+
+
+def window_backlog(engine: Engine, run_id: int) -> WindowBacklog:
     with transaction(engine) as s:
-        return int(
-            s.execute(
-                select(func.count()).select_from(Window).where(Window.run_id == run_id, ~Window.finished)
-            ).scalar_one()
-        )
+        row = s.execute(
+            select(func.count(), func.count().filter(Window.ingest.not_in(TERMINAL_STATES)))
+            .select_from(Window).where(Window.run_id == run_id, ~Window.finished)
+        ).one()
+    return WindowBacklog(int(row[0]), int(row[1]))
 
 
 def open_window_ids(engine: Engine, run_id: int) -> list[int]:
@@ -776,6 +789,7 @@ __all__ = [
     "remember_progress",
     "open_window_ids",
     "open_windows",
+    "window_backlog",
     "queue_run",
     "settle_claim",
     "record_failure",

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     gmail_quota_headroom: float = Field(
         default=1.0, gt=0, le=1, description="Fraction of the per-user quota mailpipe may spend."
     )
+    gmail_windows_fetching: int = Field(
+        default=2, ge=1, le=256, description="Windows of a Gmail sync waiting for or in their fetch at once, per "
+        "account: two keep the account's quota busy while one of them is stored; more wait in the ingest queue.")
     gmail_batch_size: int = Field(default=50, ge=1, le=50, description="Calls per batch request (Gmail: ≤ 50).")
     gmail_list_page_size: int = Field(default=500, ge=1, le=500)
     gmail_timeout: float = Field(default=30.0, gt=0, description="Seconds per Gmail HTTP request.")

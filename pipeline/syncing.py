@@ -111,7 +111,7 @@ def sync_account(
     else:
         _set_run_mode(engine, run_id, plan.mode, source=f"gmail:{email}")
     options = DriveOptions(settings.window_size, settings.windows_in_flight,
-                           stall_seconds=settings.stage_time_limit + 60)
+                           stall_seconds=settings.stage_time_limit + 60, before_ingest=settings.gmail_windows_fetching)
     driver = Driver(engine, run_id, options, dispatch, on_tick=on_tick, alive=alive)
     deleted = relabeled = listed = 0
     try:

@@ -1,0 +1,48 @@
+"""The driver's back-pressure: how many windows of a run it lets out at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import Engine, text
+
+from pipeline.driver import DriveOptions, Driver
+from pipeline.records import RawMessage
+from pipeline.runs import WindowBacklog, begin_run, ensure_account, window_backlog
+
+
+def _ingest_slowly(engine: Engine, run_id: int, stop: threading.Event) -> None:
+    """The workers' part, ingest only: one window at a time, the oldest first; none finishes its chain."""
+    while not stop.is_set():
+        time.sleep(0.05)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE windows SET ingest = 'done' WHERE id = (SELECT min(id) FROM windows "
+                              "WHERE run_id = :r AND ingest = 'pending')"), {"r": run_id})
+
+
+@pytest.mark.parametrize(("before_ingest", "most"), [(2, 2), (None, 6)])
+def test_windows_not_yet_ingested_are_capped_apart_from_windows_in_flight(
+    engine: Engine, before_ingest: int | None, most: int
+) -> None:
+    account = ensure_account(engine, "me@example.com", [], kind="gmail")
+    run = begin_run(engine, account, "full", "gmail:me@example.com", stale_seconds=60)
+    seen: list[WindowBacklog] = []
+
+    def dispatch(window_id: int) -> None:
+        seen.append(window_backlog(engine, run))  # the window just saved counts
+
+    stop = threading.Event()
+    worker = threading.Thread(target=_ingest_slowly, args=(engine, run, stop))
+    worker.start()
+    try:
+        options = DriveOptions(window_size=1, windows_in_flight=256, poll_seconds=0.01, before_ingest=before_ingest)
+        Driver(engine, run, options, dispatch).feed(
+            [RawMessage(f"gmail:{i}", None, gmail_id=f"{i:x}") for i in range(6)])
+    finally:
+        stop.set()
+        worker.join(10)
+    assert len(seen) == 6
+    assert max(b.before_ingest for b in seen) == most
+    assert seen[-1].open == 6  # windows ingested but not finished did not hold the driver back
