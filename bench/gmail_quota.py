@@ -48,6 +48,8 @@ def _serve(conn: Connection, regime: str, accounts: int, messages: int, latency:
     from pipeline.testing.gmail_server import Faults, GmailServer, QuotaRegime
 
     boxes = [FakeMailbox.from_generated(f"user{i}@example.com", messages, seed=100 + i) for i in range(accounts)]
+    for box in boxes:  # Gmail parses its messages on its own machines, not on the cores measured here
+        box.prepare_contents()
     quota = QuotaRegime.legacy() if regime == "legacy" else QuotaRegime.y2026()
     server = GmailServer({b.email: b for b in boxes}, quota=quota,
                          faults=Faults(latency=latency, error_rate=error_rate, seed=1))
@@ -104,6 +106,30 @@ def start_worker(env: dict[str, str], queues: str, concurrency: int, log_dir: Pa
         log.close()
 
 
+def wait_until_ready(workers: list[subprocess.Popen[bytes]], broker: str, timeout: float = 120.0) -> None:
+    """Return once every worker answers a ping, its pool started.
+
+    Standing workers are what a sync meets; a bench that started its syncs with the workers would charge
+    their boot (20 processes forking on 2 cores: the first get came ~4.5 s after the listing) to the
+    accounts' rates, and charge it more the more workers the accounts need."""
+    from kombu import Connection
+
+    from tasks.app import app
+
+    deadline = time.monotonic() + timeout
+    expected = len(workers)
+    while True:
+        for w in workers:
+            if w.poll() is not None:
+                raise RuntimeError(f"a bench worker exited ({w.returncode}) before it was ready")
+        with Connection(broker) as conn:
+            answered = app.control.ping(timeout=1.0, connection=conn)
+        if len(answered) >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(answered)} of {expected} bench workers ready after {timeout:g} s")
+
+
 def bench_env(home: str, database_url: str, broker: str, gmail_api_url: str, regime: str,
               windows_in_flight: int = WINDOWS_IN_FLIGHT) -> dict[str, str]:
     """The environment of a bench's workers and driver: this process's, minus any MAILPIPE_ setting."""
@@ -141,6 +167,7 @@ def run(regime: str, accounts: int, messages: int, latency: float, error_rate: f
                 env = bench_env(tmp, url, BROKER, info["base_url"], regime, windows_in_flight)
                 os.environ.update(env)
                 workers = _workers(env, ingest, Path(tmp))
+                wait_until_ready(workers, BROKER)
                 meter = CpuMeter({
                     "workers": lambda: [w.pid for w in workers],
                     "postgres": lambda: postmaster_pid(Path(tmp) / "pg"),
