@@ -92,3 +92,14 @@ def test_a_message_twice_in_one_window_is_stored_once(engine: Engine) -> None:
     assert _rows(engine, "SELECT source_ref FROM messages ORDER BY source_ref") == [("offset:0",), ("offset:5",)]
     assert _rows(engine, "SELECT count(DISTINCT message_id), count(*) FROM window_items WHERE window_id = :w",
                  w=window_id) == [(2, 3)]
+
+
+def test_an_unreadable_item_is_failed_with_its_reason_and_its_bytes_dropped(engine: Engine) -> None:
+    account_id, run_id = _account(engine)
+    window_id = add_window(engine, run_id, 1, [RawMessage("offset:0", b"  \r\n"), RawMessage("offset:4", _raw("a"))])
+    assert _ingest(engine, window_id, run_id, account_id) == {"new_messages": 1, "duplicates": 0, "failed": 1}
+    assert _rows(engine, "SELECT position, outcome, raw IS NULL, message_id IS NULL FROM window_items "
+                         "WHERE window_id = :w ORDER BY position", w=window_id) == [
+        (0, "failed", True, True), (1, "new", True, False)]
+    assert _rows(engine, "SELECT item_ref, stage, error_class, reason FROM failures") == [
+        ("offset:0", "ingest", "permanent", "empty message")]
