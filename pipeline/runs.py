@@ -386,10 +386,6 @@ def add_window(engine: Engine, run_id: int, seq: int, messages: Sequence[RawMess
     return int(window_id)
 
 
-def open_windows(engine: Engine, run_id: int) -> int:
-    return window_backlog(engine, run_id).open
-
-
 @dataclass(frozen=True, slots=True)
 class WindowBacklog:
     """A run's unfinished windows, and how many of them have not yet been ingested (for a Gmail window:
@@ -788,7 +784,6 @@ __all__ = [
     "maybe_finish_run",
     "remember_progress",
     "open_window_ids",
-    "open_windows",
     "window_backlog",
     "queue_run",
     "settle_claim",

@@ -74,7 +74,7 @@ def test_the_data_holds_pending_work_for_every_pending_work_query(data_dir: Path
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.counts import actual_counts, stored_counts
     from pipeline.enrichment import owed_enrichment
-    from pipeline.runs import open_windows, stalled_windows
+    from pipeline.runs import stalled_windows, window_backlog
     from pipeline.storage.db import engine_for
 
     # Windows are stamped relative to db_scale.NOW, fixed when the module is imported: in a long suite that
@@ -86,7 +86,7 @@ def test_the_data_holds_pending_work_for_every_pending_work_query(data_dir: Path
     fx = db_scale.fixture(engine, 1)
     assert len(fx.running_runs) == 1 and len(fx.open_windows) == 4  # account 0: a run going, four windows open
     run = fx.running_runs[0]
-    assert open_windows(engine, run) == 4
+    assert window_backlog(engine, run).open == 4
     assert len(stalled_windows(engine, run, db_scale.STALL_SECONDS)) == 1
     owed = owed_enrichment(engine)
     assert owed and {o.error_class for o in owed} <= {"transient", "rate_limit", "quota"}

@@ -5,14 +5,12 @@ Only the header block is parsed here (for the Message-ID); the full parse is nor
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Any, cast
 
-from sqlalchemy import Boolean, Table, func, literal_column, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -69,14 +67,13 @@ def ingest_window(session: Session, claim: StageClaim) -> dict[str, int]:
 
 
 def _ingest_items(session: Session, claim: StageClaim, items: Iterable[WindowItem]) -> None:
-    identified: list[tuple[WindowItem, str, str | None, bytes]] = []
+    identified: list[_Entry] = []
     for item in items:
         if item.raw is None and item.gmail_id is not None:
             # The fetch step did not finish this item; the task retries the fetch, never skips it.
             raise ClassifiedError(f"gmail message {item.gmail_id} is not fetched yet", TRANSIENT)
-        raw = item.raw or b""
         try:
-            key, rfc_id = identify(raw)
+            key, rfc_id = identify(item.raw or b"")
         except ParseError as exc:
             record_failure(
                 session, claim.account_id, claim.run_id, claim.window_id, item.source_ref, "ingest",
@@ -84,11 +81,11 @@ def _ingest_items(session: Session, claim: StageClaim, items: Iterable[WindowIte
             )
             item.outcome, item.raw = "failed", None
             continue
-        identified.append((item, key, rfc_id, raw))
+        identified.append((item, key, rfc_id))
     # The first item of each key goes in one statement; a later item of a key already in this window
     # (a mailbox holding a message twice) goes after it, alone, exactly as it would one by one.
-    firsts: dict[str, tuple[WindowItem, str, str | None, bytes]] = {}
-    repeats: list[tuple[WindowItem, str, str | None, bytes]] = []
+    firsts: dict[str, _Entry] = {}
+    repeats: list[_Entry] = []
     for entry in identified:
         if entry[1] in firsts:
             repeats.append(entry)
@@ -100,56 +97,29 @@ def _ingest_items(session: Session, claim: StageClaim, items: Iterable[WindowIte
     # retried as transient: docs/PERFORMANCE.md, fourteenth round).
     in_key_order = sorted(firsts.values(), key=lambda entry: entry[1])
     stored = _upsert_messages(session, claim.account_id, claim.window_id, in_key_order)
-    for item, key, _, _ in firsts.values():
+    for item, key, _ in firsts.values():
         message_id, inserted = stored[key]
         item.outcome = "new" if inserted else "duplicate"
         item.message_id, item.raw = message_id, None
-    for item, key, rfc_id, raw in repeats:
-        message_id, inserted = _upsert_message(session, claim.account_id, key, rfc_id, item, raw)
+    for entry in repeats:
+        item, key, _ = entry
+        message_id, inserted = _upsert_messages(session, claim.account_id, claim.window_id, [entry])[key]
         item.outcome = "new" if inserted else "duplicate"
         item.message_id, item.raw = message_id, None
 
 
-_MESSAGES = cast(Table, Message.__table__)
-_INSERT = pg_insert(_MESSAGES)
-# Built once and executed with each message's values: building it per message (its `excluded`
-# columns above all) cost more CPU than the insert's round trip (~1 ms of the ~2 ms per message the
-# ingest stage took, profiled), and an unchanged statement is compiled once per process.
+_Entry = tuple[WindowItem, str, str | None]  # an item, its message's key and RFC Message-ID
 
-
-def _upsert_statement(*returning: Any) -> Any:
-    return _INSERT.on_conflict_do_update(
-        index_elements=[_MESSAGES.c.account_id, _MESSAGES.c.message_key],
-        set_={"gmail_id": _INSERT.excluded.gmail_id, "labels": _INSERT.excluded.labels},
-        where=_MESSAGES.c.gmail_id.is_(None) & _INSERT.excluded.gmail_id.is_not(None),
-    ).returning(*returning)
-
-
-_INSERTED = literal_column("xmax = 0", Boolean)
-_UPSERT = _upsert_statement(_MESSAGES.c.id, _INSERTED)
-
-
-def _values(account_id: int, key: str, rfc_id: str | None, item: WindowItem, raw: bytes) -> dict[str, object]:
-    return {
-        "account_id": account_id,
-        "message_key": key,
-        "rfc_message_id": rfc_id,
-        "source_ref": item.source_ref,
-        "gmail_id": item.gmail_id,
-        "gmail_thread_id": item.gmail_thread_id,
-        "labels": item.labels,
-        "raw": raw,
-        "size": len(raw),
-        "content_hash": hashlib.sha256(raw).hexdigest(),
-    }
-
-
-# The window's first copies of its keys, in one statement that reads each item's bytes and Gmail
-# fields where fetch left them: only the keys parsed here travel as parameters, three arrays, so the
-# statement's text never changes. SQLAlchemy's multi-row VALUES sent every column of every row back,
-# and psycopg parsed that statement's ~2,000 placeholders again for each window: a seventh of an
-# ingest worker's CPU (py-spy; docs/PERFORMANCE.md, eighteenth round). The ON CONFLICT clause is
-# _upsert_statement's; rows go in the order of the arrays (sorted by key: see _ingest_items).
+# Items' messages, in one statement that reads each item's bytes and Gmail fields where fetch (or the
+# driver, for a mailbox file) left them: only the keys parsed here travel as parameters, three arrays,
+# so the statement's text never changes. SQLAlchemy's multi-row VALUES sent every column of every row
+# back, and psycopg parsed that statement's ~2,000 placeholders again for each window: a seventh of an
+# ingest worker's CPU (py-spy; docs/PERFORMANCE.md, eighteenth round). Rows go in the order of the
+# arrays (sorted by key: see _ingest_items).
+#
+# A copy arriving from the Gmail API for a message first imported from a mailbox file (same Message-ID)
+# lends the row its Gmail id and current labels, so later deletions and label changes reach it; a
+# mailbox re-import changes nothing.
 _UPSERT_FROM_ITEMS = text("""
     INSERT INTO messages (account_id, message_key, rfc_message_id, source_ref, gmail_id, gmail_thread_id,
                           labels, raw, size, content_hash)
@@ -166,39 +136,23 @@ _UPSERT_FROM_ITEMS = text("""
 """)
 
 
-def _upsert_messages(
-    session: Session, account_id: int, window_id: int, entries: list[tuple[WindowItem, str, str | None, bytes]]
-) -> dict[str, tuple[int, bool]]:
-    """`_upsert_message` for items of distinct keys of one window, in one statement: (id, inserted) by key.
-    One statement per message was most of the stage's time."""
+def _upsert_messages(session: Session, account_id: int, window_id: int,
+                     entries: list[_Entry]) -> dict[str, tuple[int, bool]]:
+    """Insert the messages of items of distinct keys of one window, or find those held with their keys:
+    (id, inserted) by key. One statement per message was most of the stage's time."""
     if not entries:
         return {}
     rows = session.execute(_UPSERT_FROM_ITEMS, {
         "account_id": account_id, "window_id": window_id,
-        "positions": [item.position for item, _, _, _ in entries],
-        "keys": [key for _, key, _, _ in entries],
-        "rfc_ids": [rfc for _, _, rfc, _ in entries],
+        "positions": [item.position for item, _, _ in entries],
+        "keys": [key for _, key, _ in entries],
+        "rfc_ids": [rfc for _, _, rfc in entries],
     })
     stored = {str(key): (int(mid), bool(inserted)) for mid, key, inserted in rows}
-    for item, key, _, _ in entries:
-        if key not in stored:  # held already, and this copy lent it nothing: see _upsert_message
+    for item, key, _ in entries:
+        if key not in stored:  # held already, and this copy lent it nothing
             stored[key] = (_held(session, account_id, key, item), False)
     return stored
-
-
-def _upsert_message(
-    session: Session, account_id: int, key: str, rfc_id: str | None, item: WindowItem, raw: bytes
-) -> tuple[int, bool]:
-    """Insert the message, or find the one with its key; (id, inserted).
-
-    A copy arriving from the Gmail API for a message first imported from a mailbox file (same
-    Message-ID) lends the row its Gmail id and current labels, so later deletions and label changes
-    reach it; a mailbox re-import changes nothing.
-    """
-    row: tuple[int, bool] | None = session.execute(_UPSERT, _values(account_id, key, rfc_id, item, raw)).first()
-    if row is not None:
-        return int(row[0]), bool(row[1])
-    return _held(session, account_id, key, item), False
 
 
 def _held(session: Session, account_id: int, key: str, item: WindowItem) -> int:
