@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,12 +28,15 @@ from pipeline.stages.runner import (
     StageRetry,
     StageWork,
     fail_window_stage,
+    failure_reason,
     run_stage,
 )
 from pipeline.stages.workload import stage_units
 from tasks import context
 from tasks.app import app
 from tasks.chains import dispatch_next, limit_options
+
+log = logging.getLogger(__name__)
 
 NOT_READY_COUNTDOWN = 2.0
 # Stage tasks are declared with max_retries=None: how often a class is retried is its policy's call
@@ -46,34 +52,80 @@ AI_STAGES = frozenset({"embed", "insight"})
 RESUMABLE_STAGES = frozenset({"ingest", "embed", "insight"})
 
 
-def _run(task: Task, window_id: int, stage: str, work: StageWork,
-         prepare: StagePrepare | None = None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class StageParts:
+    """What a stage task runs: the work in the stage's transaction and what comes before it."""
+
+    work: StageWork
+    prepare: StagePrepare | None = None
+
+
+# Builds a task's parts (its clients: the first task in a process pays for them). None: the stage is
+# switched off by the settings and is marked skipped.
+PartsFactory = Callable[[], StageParts | None]
+
+
+def _run(task: Task, window_id: int, stage: str, parts: PartsFactory) -> dict[str, Any]:
     try:
-        return _run_stage(task, window_id, stage, work, prepare)
-    except (Retry, SoftTimeLimitExceeded):
+        return _run_stage(task, window_id, stage, parts)
+    except Retry:
         raise
+    except SoftTimeLimitExceeded:
+        # The limit struck outside the stage's work: while its clients were built, what it owes was
+        # sized, or its successors were published. Uncaught, the task would end acknowledged with the
+        # stage neither done nor failed, and the window would wait for the driver's stall check.
+        return _after_stray_limit(task, window_id, stage)
     except Exception as exc:
         # A database or broker restart met outside run_stage's classification (the claim, the
         # workload query, the successors' publish). Repeating the task is safe: a stage already done
         # is skipped and its successors are sent again. Without this the window waits for the
         # driver's watchdog, minutes instead of seconds.
-        wait = outage_backoff_seconds(task.request.retries, random.random())
-        if classify(exc) != TRANSIENT or wait is None:
-            raise
-        try:
-            limits = limit_options(stage, window_id)  # sized from the window: a database query
-        except Exception:
-            limits = {}  # the database is what is down: the configured limits serve this once
-        raise task.retry(countdown=wait, exc=exc, **limits) from exc
+        error_class = classify(exc)
+        if error_class == TRANSIENT:
+            wait = outage_backoff_seconds(task.request.retries, random.random())
+            if wait is None:
+                raise  # an outage that outlasted the retries: the driver's stall check sends the window again
+            try:
+                limits = limit_options(stage, window_id)  # sized from the window: a database query
+            except Exception:
+                limits = {}  # the database is what is down: the configured limits serve this once
+            raise task.retry(countdown=wait, exc=exc, **limits) from exc
+        # Anything else (e.g. building the stage's clients failed) fails the stage with its reason, as a
+        # failure in the work does; re-raised, the task would end acknowledged with the stage left open
+        # until the driver's stall check, which would only send it into the same error again.
+        log.warning("stage %s of window %s failed outside its work: %s", stage, window_id, exc, exc_info=True)
+        return _fail_outside_work(window_id, stage, error_class, failure_reason(exc))
 
 
-def _run_stage(task: Task, window_id: int, stage: str, work: StageWork,
-               prepare: StagePrepare | None) -> dict[str, Any]:
+def _fail_outside_work(window_id: int, stage: str, error_class: str, reason: str) -> dict[str, Any]:
+    fail_window_stage(context.engine(), window_id, stage, error_class, reason)
+    dispatch_next(stage, window_id)  # a failed stage's successors still run, to be marked skipped
+    return {"window": window_id, "stage": stage, "outcome": "failed", "messages": 0}
+
+
+def _after_stray_limit(task: Task, window_id: int, stage: str) -> dict[str, Any]:
+    """Run the task again at once: what the database holds says where the stage stands (already done:
+    its successors are published). A stage whose task never gets past its setup within the limit is
+    failed once its deliveries reach the redelivery cap, as run_stage quarantines one that kills its worker."""
+    if task.request.retries < context.settings().max_deliveries:
+        raise task.retry(countdown=0, **limit_options(stage, window_id))
+    return _fail_outside_work(window_id, stage, "timeout", "soft time limit exceeded outside the stage's work, "
+                              f"{task.request.retries + 1} times")
+
+
+def _run_stage(task: Task, window_id: int, stage: str, make_parts: PartsFactory) -> dict[str, Any]:
     engine, settings = context.engine(), context.settings()
+    parts = make_parts()
+    if parts is None:
+        claim = claim_stage(engine, window_id, stage)
+        if claim is not None:
+            skip_stage(engine, claim, stage)
+        dispatch_next(stage, window_id)
+        return {"window": window_id, "stage": stage, "outcome": "skipped", "messages": 0}
     owed = stage_units(engine, settings, window_id, stage) if stage in RESUMABLE_STAGES else 0.0
     messages = 0
     try:
-        result = run_stage(engine, settings, window_id, stage, work, prepare=prepare,
+        result = run_stage(engine, settings, window_id, stage, parts.work, prepare=parts.prepare,
                            interrupts=(SoftTimeLimitExceeded,))
         outcome, messages = result.outcome, result.messages
     except StageNotReady as exc:
@@ -124,44 +176,49 @@ def ingest(self: Task, window_id: int) -> dict[str, Any]:
             context.forget_gmail_client()  # a re-connected grant or a reset connection is read afresh
             raise
 
-    return _run(self, window_id, "ingest", ingest_window, prepare=fetch)
+    return _run(self, window_id, "ingest", lambda: StageParts(ingest_window, prepare=fetch))
 
 
 @app.task(bind=True, name="mailpipe.normalize", max_retries=None)
 def normalize(self: Task, window_id: int) -> dict[str, Any]:
-    return _run(self, window_id, "normalize", normalize_window)
+    return _run(self, window_id, "normalize", lambda: StageParts(normalize_window))
 
 
 @app.task(bind=True, name="mailpipe.contacts", max_retries=None)
 def contacts(self: Task, window_id: int) -> dict[str, Any]:
     settings = context.settings()
-    return _run(self, window_id, "contacts", lambda s, c: contacts_window(s, c, settings))
+    return _run(self, window_id, "contacts", lambda: StageParts(lambda s, c: contacts_window(s, c, settings)))
 
 
-@app.task(bind=True, name="mailpipe.embed", max_retries=None)
-def embed(self: Task, window_id: int) -> dict[str, Any]:
+def _embed_parts() -> StageParts | None:
     if context.settings().embedder == "none":
-        claim = claim_stage(context.engine(), window_id, "embed")
-        if claim is not None:
-            skip_stage(context.engine(), claim, "embed")
-        return {"window": window_id, "stage": "embed", "outcome": "skipped"}  # nothing follows embed
+        return None
     tools = context.embedding_tools()
 
     def embed_slices(claim: StageClaim) -> None:
         # Committed slice by slice before the stage's own (empty) transaction marks it done.
         embed_pending(context.engine(), claim, tools)
 
-    return _run(self, window_id, "embed", lambda s, c: {}, prepare=embed_slices)
+    return StageParts(lambda s, c: {}, prepare=embed_slices)
 
 
-@app.task(bind=True, name="mailpipe.insight", max_retries=None)
-def insight(self: Task, window_id: int) -> dict[str, Any]:
+@app.task(bind=True, name="mailpipe.embed", max_retries=None)
+def embed(self: Task, window_id: int) -> dict[str, Any]:
+    return _run(self, window_id, "embed", _embed_parts)
+
+
+def _insight_parts() -> StageParts:
     tools = context.insight_tools()
     if tools.llm is None:
-        return _run(self, window_id, "insight", insight_window)
+        return StageParts(insight_window)
 
     def ask_llm(claim: StageClaim) -> None:
         # Thread by thread, each committed, before the stage's own transaction marks the messages.
         insight_pending(context.engine(), claim, tools)
 
-    return _run(self, window_id, "insight", mark_insights, prepare=ask_llm)
+    return StageParts(mark_insights, prepare=ask_llm)
+
+
+@app.task(bind=True, name="mailpipe.insight", max_retries=None)
+def insight(self: Task, window_id: int) -> dict[str, Any]:
+    return _run(self, window_id, "insight", _insight_parts)

@@ -194,6 +194,82 @@ def test_an_llm_insight_task_past_its_soft_limit_keeps_its_threads_and_the_rest_
     assert None not in insights and insights.get("llm", 0) > 0, insights
 
 
+def _import_with_slow_setup(env: dict[str, str], sample_mbox: Path,
+                            tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Import the sample with one worker whose insight client is built slowly (or fails) the first time in
+    each process (tests/slow_setup_app.py): the import's process and the worker's log."""
+    worker = CeleryProcess(["worker", "-Q", "ingest,normalize,ai", "-c", "2", "--pool", "prefork", "-l", "INFO",
+                            "-n", f"slow-setup-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
+                           env, tmp_path / "worker.log", ready="ready.",
+                           program=("-m", "celery", "-A", "tests.slow_setup_app"))
+    worker.start()
+    try:
+        # Well short of the 12 minutes the import waited for its stall check when such a task was lost.
+        result = subprocess.run([sys.executable, "-m", "tasks.cli", "import", str(sample_mbox), "--account",
+                                 "me@example.com", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        worker.stop()
+    return result, (tmp_path / "worker.log").read_text(errors="replace")
+
+
+def test_a_soft_limit_met_while_the_stage_builds_its_client_runs_the_task_again(
+        engine: Engine, ai_server: OpenAIServer, ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
+    # The first build sleeps past the 2 s limit, before the stage's work. Such a task once ended
+    # acknowledged with the window's insight neither done nor failed.
+    ai_server.faults.update(down=False)
+    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "20", "MAILPIPE_EMBEDDER": "none", "MAILPIPE_INSIGHTS": "llm",
+           "MAILPIPE_TIMEOUT_INSIGHT_BASE": "2", "MAILPIPE_TIMEOUT_INSIGHT_PER_UNIT": "0", "SLOW_SETUP_SECONDS": "4"}
+    result, log = _import_with_slow_setup(env, sample_mbox, tmp_path)
+    assert result.returncode == 0, (result.stdout, result.stderr[-3000:], log[-3000:])
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "done" and summary["failed_windows"] == 0, (summary, log[-3000:])
+    assert "Soft time limit (2.0s) exceeded for mailpipe.insight" in log, log[-3000:]
+    with engine.connect() as conn:
+        states = conn.execute(text("SELECT DISTINCT insight FROM windows")).scalars().all()
+        without = conn.execute(text("SELECT count(*) FROM threads t WHERE t.message_count > 0 AND NOT EXISTS "
+                                    "(SELECT 1 FROM insights i WHERE i.thread_id = t.id)")).scalar()
+        by_llm = conn.execute(text("SELECT count(*) FROM insights WHERE source LIKE 'llm:%'")).scalar()
+    assert states == ["done"] and without == 0 and by_llm, (states, without, by_llm)
+
+
+def test_a_stage_whose_setup_always_outlasts_its_limit_fails_at_the_redelivery_cap(
+        engine: Engine, ai_server: OpenAIServer, ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
+    # Run again at once each time, such a task would loop for ever: it never reaches the claim that
+    # counts deliveries. One window, a cap of 2: three tries, then the stage fails with the reason,
+    # owed to the enrichment sweep as an AI stage's timeout is.
+    ai_server.faults.update(down=False)
+    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "60", "MAILPIPE_EMBEDDER": "none", "MAILPIPE_INSIGHTS": "llm",
+           "MAILPIPE_TIMEOUT_INSIGHT_BASE": "1", "MAILPIPE_TIMEOUT_INSIGHT_PER_UNIT": "0",
+           "MAILPIPE_MAX_DELIVERIES": "2", "SLOW_SETUP_SECONDS": "3", "SLOW_SETUP_ALWAYS": "1"}
+    result, log = _import_with_slow_setup(env, sample_mbox, tmp_path)
+    summary = json.loads(result.stdout)
+    assert result.returncode == 0 and summary["enrichment_owed"] == 1, (summary, log[-3000:])
+    assert log.count("Soft time limit (1.0s) exceeded for mailpipe.insight") == 3, log[-3000:]
+    with engine.connect() as conn:
+        failures = conn.execute(text("SELECT stage, error_class, reason FROM failures")).all()
+    assert failures == [("insight", "timeout", "soft time limit exceeded outside the stage's work, 3 times")], failures
+
+
+def test_an_error_while_the_stage_builds_its_client_fails_the_stage_with_its_reason(
+        engine: Engine, ai_server: OpenAIServer, ai_env: dict[str, str], sample_mbox: Path, tmp_path: Path) -> None:
+    # Every first build in a process raises: the windows that met it record why, the rest are done.
+    ai_server.faults.update(down=False)
+    env = {**ai_env, "MAILPIPE_WINDOW_SIZE": "20", "MAILPIPE_EMBEDDER": "none", "MAILPIPE_INSIGHTS": "llm",
+           "SLOW_SETUP_ERROR": "the model's library failed to import"}
+    result, log = _import_with_slow_setup(env, sample_mbox, tmp_path)
+    summary = json.loads(result.stdout)  # the import exits 1: windows failed
+    assert result.returncode == 1 and summary["status"] == "done" and summary["failed_windows"] >= 1, (
+        summary, log[-3000:])
+    with engine.connect() as conn:
+        failures = conn.execute(text("SELECT stage, error_class, reason FROM failures")).all()
+        states: dict[str, int] = {state: n for state, n in conn.execute(
+            text("SELECT insight, count(*) FROM windows GROUP BY 1"))}
+    assert failures and all(stage == "insight" and reason == "RuntimeError: the model's library failed to import"
+                            for stage, _, reason in failures), failures
+    assert set(states) <= {"done", "failed"} and states["failed"] == len(failures), states
+
+
 def _outage_then_enrich(engine: Engine, ai_server: OpenAIServer, env: dict[str, str],
                         sample_mbox: Path) -> tuple[dict[str, Any], dict[str, Any], subprocess.CompletedProcess[str]]:
     """Import while the endpoint is down, bring it back, `mailpipe enrich` twice: the import's summary,

@@ -90,7 +90,7 @@ def run_stage(
             settle_claim(engine, window_id, stage)
             raise StageRetry(error_class, exc) from exc
         log.warning("stage %s of window %s failed: %s", stage, window_id, exc, exc_info=True)
-        fail_stage(engine, claim, stage, error_class, _reason(exc))
+        fail_stage(engine, claim, stage, error_class, failure_reason(exc))
         return StageResult(window_id, stage, "failed", {})
     maybe_finish_run(engine, claim.run_id)
     return StageResult(window_id, stage, "done", counters, claim.size)
@@ -114,6 +114,7 @@ def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExc
     return None
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
+    """The exception as its last traceback line, as a failure's recorded reason."""
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     return last[:1000]
