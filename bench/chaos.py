@@ -376,6 +376,7 @@ def _project_frames(exc: BaseException) -> list[str]:
 def _log_counts(folder: Path) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
+    unrecoverable: Counter[str] = Counter()
     for log in folder.glob("worker-*.log"):
         for line in log.read_text(errors="replace").splitlines():
             for name, pattern in LOG_PATTERNS.items():
@@ -384,7 +385,10 @@ def _log_counts(folder: Path) -> dict[str, Any]:
                     counts[name] += 1
                     if name == "task_error":  # which OperationalError: the database's or the broker's
                         errors[match.group(1) + (" (psycopg)" if "psycopg" in line else "")] += 1
-    return {**{name: counts[name] for name in LOG_PATTERNS}, "task_errors_by_class": dict(errors)}
+                    if name == "unrecoverable":  # what ended a worker's main process, as its log says
+                        unrecoverable[line[match.start():][len("Unrecoverable error: "):][:160]] += 1
+    return {**{name: counts[name] for name in LOG_PATTERNS}, "task_errors_by_class": dict(errors),
+            "unrecoverable_errors": dict(unrecoverable)}
 
 
 def _check(url: str, email: str, expected: set[str]) -> dict[str, Any]:
@@ -480,6 +484,8 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("worker log: tasks lost with a killed child (requeued at once)", str(log["tasks_lost_with_child"])),
         ("worker log: unrecoverable errors (of which a child killed at pool start)",
          f"{log['unrecoverable']} ({log['pool_start_failed']})"),
+        ("worker log: what the unrecoverable errors said",
+         "; ".join(f"{k} ×{v}" for k, v in sorted(log["unrecoverable_errors"].items())).replace("|", "/") or "none"),
         ("worker log: broker connection lost / task retries",
          f"{log['broker_lost']} / {log['task_retry']}"),
         ("tasks that raised (by class)",

@@ -114,3 +114,20 @@ def test_a_postgres_crash_and_restart_keeps_the_url_and_committed_rows() -> None
     finally:
         server.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_worker_logs_say_what_ended_a_main_process(tmp_path: Path) -> None:
+    from bench.chaos import _log_counts
+
+    (tmp_path / "worker-1.log").write_text(
+        "[2026-12-07 20:55:01,002: CRITICAL/MainProcess] Unrecoverable error: OperationalError('Error 111 "
+        "connecting to 127.0.0.1:6379. Connection refused.')\n"
+        "[2026-12-07 20:55:03,000: INFO/ForkPoolWorker-1] Task mailpipe.ingest[1] retry: Retry in 1s\n")
+    (tmp_path / "worker-2.log").write_text(
+        "[2026-12-07 20:56:00,000: CRITICAL/MainProcess] Unrecoverable error: WorkerLostError('Could not start "
+        "worker processes')\n")
+    counts = _log_counts(tmp_path)
+    assert counts["unrecoverable"] == 2 and counts["pool_start_failed"] == 1 and counts["task_retry"] == 1
+    assert counts["unrecoverable_errors"] == {
+        "OperationalError('Error 111 connecting to 127.0.0.1:6379. Connection refused.')": 1,
+        "WorkerLostError('Could not start worker processes')": 1}
