@@ -78,6 +78,7 @@ class AccountResult:
     rate_limited: int
     injected_5xx: int
     sync_seconds: float
+    token_refreshes: int = 0  # access tokens the account's clients asked for: one per client built
 
 
 def ingest_processes(accounts: int) -> int:
@@ -272,6 +273,7 @@ def _account_result(email: str, server_side: dict[str, Any], held: set[str], sec
         email=email, messages=len(keys), missing=len(keys - held), gets_per_second=round(rate, 2),
         ceiling_share=round(rate / ceiling, 3), units_per_message=round(stats["units"] / max(len(keys), 1), 2),
         rate_limited=stats["rate_limited"], injected_5xx=stats["injected_5xx"], sync_seconds=round(seconds, 1),
+        token_refreshes=stats["token_refreshes"],
     )
 
 
@@ -300,10 +302,10 @@ def write_report(path: Path, data: dict[str, Any], messages: int) -> None:
         command += f" --windows-in-flight {data['windows_in_flight']}"
     rows = [[r["email"], str(r["messages"]), str(r["missing"]), str(r["gets_per_second"]),
              str(r["ceiling_share"]), str(r["units_per_message"]), str(r["rate_limited"]),
-             str(r["injected_5xx"])] for r in data["results"]]
+             str(r["injected_5xx"]), str(r.get("token_refreshes", "?"))] for r in data["results"]]
     write_section(path, f"ingest-quota-{regime}-{accounts}", command,
                   ["account", "messages", "missing", "gets/s", "share of ceiling", "units/message", "429s",
-                   "injected 5xx"], rows,
+                   "injected 5xx", "token refreshes"], rows,
                   f"Ceiling {ceiling:g} messages/s per account; worst share {worst} (target ≥ 0.95); "
                   f"aggregate {data['aggregate_gets_per_second']} gets/s; missing {missing} (target 0). "
                   + cpu_sentence(data["cpu"], sum(r["messages"] for r in data["results"])))
@@ -333,11 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(f"{'account':<22} {'msgs':>6} {'missing':>7} {'gets/s':>7} {'share':>6} {'units/msg':>9} "
-              f"{'429s':>5} {'5xx':>5} {'sync s':>7}")
+              f"{'429s':>5} {'5xx':>5} {'sync s':>7} {'tokens':>6}")
         for r in data["results"]:
             print(f"{r['email']:<22} {r['messages']:>6} {r['missing']:>7} {r['gets_per_second']:>7} "
                   f"{r['ceiling_share']:>6} {r['units_per_message']:>9} {r['rate_limited']:>5} "
-                  f"{r['injected_5xx']:>5} {r['sync_seconds']:>7}")
+                  f"{r['injected_5xx']:>5} {r['sync_seconds']:>7} {r['token_refreshes']:>6}")
         print(f"ceiling {ceiling:g} gets/s per account; worst share {worst}; aggregate "
               f"{data['aggregate_gets_per_second']} gets/s; missing {missing}")
         print(cpu_sentence(data["cpu"], sum(r["messages"] for r in data["results"])))

@@ -4,6 +4,7 @@ lazily)."""
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from functools import cache
 from typing import Any
 
@@ -45,7 +46,11 @@ def insight_tools() -> InsightTools:
     return insight_tools_for(get_settings(), engine())
 
 
-_gmail_clients: dict[tuple[int, bytes], Any] = {}
+# Accounts whose Gmail clients one process keeps. Every account's windows share the ingest processes, so
+# a process that kept one client built another for nearly every window of a multi-account sync: each
+# new client refreshes its access token (an HTTP call) and opens its connection before its first get.
+GMAIL_CLIENTS_KEPT = 16
+_gmail_clients: OrderedDict[tuple[int, bytes], Any] = OrderedDict()
 
 
 def gmail_client(account_id: int) -> Any:
@@ -62,12 +67,18 @@ def gmail_client(account_id: int) -> Any:
     with transaction(engine()) as s:
         blob = s.execute(select(Account.gmail_credentials).where(Account.id == account_id)).scalar() or b""
     key = (account_id, blob)
-    if key not in _gmail_clients:
-        _gmail_clients.clear()
-        _gmail_clients[key] = make_client(engine(), get_settings(), account_id)
-    return _gmail_clients[key]
+    client = _gmail_clients.get(key)
+    if client is not None:
+        _gmail_clients.move_to_end(key)
+        return client
+    forget_gmail_client(account_id)  # the account's client for a grant it no longer has
+    client = _gmail_clients[key] = make_client(engine(), get_settings(), account_id)
+    while len(_gmail_clients) > GMAIL_CLIENTS_KEPT:
+        _gmail_clients.popitem(last=False)  # the least recently used
+    return client
 
 
-def forget_gmail_client() -> None:
-    """Drop cached clients (after an error, so a reset connection or new grant is used afresh)."""
-    _gmail_clients.clear()
+def forget_gmail_client(account_id: int) -> None:
+    """Drop the account's client (after an error, so a reset connection or new grant is used afresh)."""
+    for key in [k for k in _gmail_clients if k[0] == account_id]:
+        del _gmail_clients[key]

@@ -173,7 +173,7 @@ def ingest(self: Task, window_id: int) -> dict[str, Any]:
         try:
             fetch_window_for(context.engine(), claim, context.gmail_client(claim.account_id))
         except Exception:
-            context.forget_gmail_client()  # a re-connected grant or a reset connection is read afresh
+            context.forget_gmail_client(claim.account_id)  # a re-connected grant or reset connection: afresh
             raise
 
     return _run(self, window_id, "ingest", lambda: StageParts(ingest_window, prepare=fetch))

@@ -391,3 +391,23 @@ def test_takeout_backfill_then_api_catch_up_has_no_duplicates(gmail: GmailServer
     assert summary.listed < len(gmail.mailbox(EMAIL).ids())
     assert summary.new_messages == 0
     assert conn_scalar(engine, "SELECT count(*) FROM messages") == held
+
+
+def test_a_worker_process_keeps_a_client_for_each_account(gmail: GmailServer, engine: Engine) -> None:
+    # Every account's windows share the ingest processes: a process that kept one client built another
+    # (refreshing its access token first) for nearly every window of a multi-account sync.
+    from tasks import context
+
+    gmail.mailboxes["other@example.com"] = FakeMailbox("other@example.com")
+    first, second = _connect(engine, gmail), _connect(engine, gmail, "other@example.com")
+    try:
+        mine, other = context.gmail_client(first), context.gmail_client(second)
+        assert context.gmail_client(first) is mine and context.gmail_client(second) is other
+        _connect(engine, gmail)  # re-connected: a new grant, so a new client, never the old one's
+        renewed = context.gmail_client(first)
+        assert renewed is not mine and context.gmail_client(second) is other
+        context.forget_gmail_client(second)  # after an error: that account's client only
+        assert context.gmail_client(second) is not other and context.gmail_client(first) is renewed
+    finally:
+        context.forget_gmail_client(first)
+        context.forget_gmail_client(second)
