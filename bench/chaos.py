@@ -386,7 +386,7 @@ def _log_counts(folder: Path) -> dict[str, Any]:
                     if name == "task_error":  # which OperationalError: the database's or the broker's
                         errors[match.group(1) + (" (psycopg)" if "psycopg" in line else "")] += 1
                     if name == "unrecoverable":  # what ended a worker's main process, as its log says
-                        unrecoverable[line[match.start():][len("Unrecoverable error: "):][:160]] += 1
+                        unrecoverable[line[match.start(1):][:160]] += 1
     return {**{name: counts[name] for name in LOG_PATTERNS}, "task_errors_by_class": dict(errors),
             "unrecoverable_errors": dict(unrecoverable)}
 

@@ -94,10 +94,11 @@ def _run(task: Task, window_id: int, stage: str, parts: PartsFactory) -> dict[st
         # failure in the work does; re-raised, the task would end acknowledged with the stage left open
         # until the driver's stall check, which would only send it into the same error again.
         log.warning("stage %s of window %s failed outside its work: %s", stage, window_id, exc, exc_info=True)
-        return _fail_outside_work(window_id, stage, error_class, failure_reason(exc))
+        return _fail(window_id, stage, error_class, failure_reason(exc))
 
 
-def _fail_outside_work(window_id: int, stage: str, error_class: str, reason: str) -> dict[str, Any]:
+def _fail(window_id: int, stage: str, error_class: str, reason: str) -> dict[str, Any]:
+    """Record the stage failed for a reason decided outside run_stage's classification."""
     fail_window_stage(context.engine(), window_id, stage, error_class, reason)
     dispatch_next(stage, window_id)  # a failed stage's successors still run, to be marked skipped
     return {"window": window_id, "stage": stage, "outcome": "failed", "messages": 0}
@@ -109,7 +110,7 @@ def _after_stray_limit(task: Task, window_id: int, stage: str) -> dict[str, Any]
     failed once its deliveries reach the redelivery cap, as run_stage quarantines one that kills its worker."""
     if task.request.retries < context.settings().max_deliveries:
         raise task.retry(countdown=0, **limit_options(stage, window_id))
-    return _fail_outside_work(window_id, stage, "timeout", "soft time limit exceeded outside the stage's work, "
+    return _fail(window_id, stage, "timeout", "soft time limit exceeded outside the stage's work, "
                               f"{task.request.retries + 1} times")
 
 
@@ -136,8 +137,7 @@ def _run_stage(task: Task, window_id: int, stage: str, make_parts: PartsFactory)
         if stage in RESUMABLE_STAGES and stage_units(engine, settings, window_id, stage) < owed:
             # The redelivery cap (claims count every delivery) bounds how often this can happen.
             raise task.retry(countdown=0, **limit_options(stage, window_id)) from None
-        fail_window_stage(engine, window_id, stage, "timeout", "soft time limit exceeded without progress")
-        outcome = "failed"
+        return _fail(window_id, stage, "timeout", "soft time limit exceeded without progress")
     dispatch_next(stage, window_id)
     # `messages` feeds the per-stage throughput metric (tasks.metrics records it after the task).
     return {"window": window_id, "stage": stage, "outcome": outcome, "messages": messages}

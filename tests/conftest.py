@@ -164,11 +164,12 @@ def wait_for(check: Callable[[], object], what: str, timeout: float = 120.0) -> 
         time.sleep(0.05)
 
 
-def celery_worker(env: dict[str, str], log: Path, name: str = "test") -> CeleryProcess:
-    """A prefork worker on every stage queue (not started)."""
+def celery_worker(env: dict[str, str], log: Path, name: str = "test", app: str = "tasks") -> CeleryProcess:
+    """A prefork worker on every stage queue (not started); `app`: the module `celery -A` loads."""
     return CeleryProcess(["worker", "-Q", "ingest,normalize,ai", "-c", env.get("MAILPIPE_WORKER_CONCURRENCY", "2"),
                           "--pool", "prefork", "-l", "INFO", "-n", f"{name}-{time.time_ns()}@%h",
-                          "--without-gossip", "--without-mingle"], env, log, ready="ready.")
+                          "--without-gossip", "--without-mingle"], env, log, ready="ready.",
+                         program=("-m", "celery", "-A", app))
 
 
 @pytest.fixture(scope="session")

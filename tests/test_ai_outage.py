@@ -198,10 +198,7 @@ def _import_with_slow_setup(env: dict[str, str], sample_mbox: Path,
                             tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], str]:
     """Import the sample with one worker whose insight client is built slowly (or fails) the first time in
     each process (tests/slow_setup_app.py): the import's process and the worker's log."""
-    worker = CeleryProcess(["worker", "-Q", "ingest,normalize,ai", "-c", "2", "--pool", "prefork", "-l", "INFO",
-                            "-n", f"slow-setup-{time.time_ns()}@%h", "--without-gossip", "--without-mingle"],
-                           env, tmp_path / "worker.log", ready="ready.",
-                           program=("-m", "celery", "-A", "tests.slow_setup_app"))
+    worker = celery_worker(env, tmp_path / "worker.log", name="slow-setup", app="tests.slow_setup_app")
     worker.start()
     try:
         # Well short of the 12 minutes the import waited for its stall check when such a task was lost.
