@@ -377,8 +377,10 @@ def _log_counts(folder: Path) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     unrecoverable: Counter[str] = Counter()
+    raised_at: Counter[str] = Counter()
     for log in folder.glob("worker-*.log"):
-        for line in log.read_text(errors="replace").splitlines():
+        lines = log.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
             for name, pattern in LOG_PATTERNS.items():
                 match = pattern.search(line)
                 if match:
@@ -387,8 +389,25 @@ def _log_counts(folder: Path) -> dict[str, Any]:
                         errors[match.group(1) + (" (psycopg)" if "psycopg" in line else "")] += 1
                     if name == "unrecoverable":  # what ended a worker's main process, as its log says
                         unrecoverable[line[match.start(1):][:160]] += 1
+                        raised_at[_innermost_frames(lines[i + 1:])] += 1
     return {**{name: counts[name] for name in LOG_PATTERNS}, "task_errors_by_class": dict(errors),
-            "unrecoverable_errors": dict(unrecoverable)}
+            "unrecoverable_errors": dict(unrecoverable), "unrecoverable_raised_at": dict(raised_at)}
+
+
+_FRAME = re.compile(r'^\s*File "(?:.*/site-packages/|.*/work/[^/]+/)?([^"]+)", line (\d+), in (\S+)')
+
+
+def _innermost_frames(after: list[str], keep: int = 3) -> str:
+    """The innermost `keep` frames of the traceback that follows a log record, outermost first
+    ("kombu/transport/redis.py:1959 _connparams < ..."), or "no traceback"."""
+    frames: list[str] = []
+    for line in after:
+        if line.startswith("["):  # the next log record: the traceback is over
+            break
+        m = _FRAME.match(line)
+        if m:
+            frames.append(f"{m.group(1)}:{m.group(2)} {m.group(3)}")
+    return " < ".join(reversed(frames[-keep:])) or "no traceback"
 
 
 def _check(url: str, email: str, expected: set[str]) -> dict[str, Any]:
@@ -486,6 +505,8 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
          f"{log['unrecoverable']} ({log['pool_start_failed']})"),
         ("worker log: what the unrecoverable errors said",
          "; ".join(f"{k} ×{v}" for k, v in sorted(log["unrecoverable_errors"].items())).replace("|", "/") or "none"),
+        ("worker log: where they were raised (innermost frame first)",
+         "; ".join(f"{k} ×{v}" for k, v in sorted(log["unrecoverable_raised_at"].items())).replace("|", "/") or "none"),
         ("worker log: broker connection lost / task retries",
          f"{log['broker_lost']} / {log['task_retry']}"),
         ("tasks that raised (by class)",

@@ -57,7 +57,10 @@ def _asked_to_stop() -> bool:
 sqla_transport.Transport.drain_events = _drain_events_briefly  # type: ignore[method-assign,assignment]
 
 # tasks.metrics holds no task: its signal handlers record every task's metrics in the worker.
-app = Celery("mailpipe", include=["tasks.stages", "tasks.syncs", "tasks.maintenance", "tasks.metrics"])
+# Every broker connection is tasks.broker_connection's: without it a Redis restart while a worker held
+# tasks could end the worker's main process.
+app = Celery("mailpipe", include=["tasks.stages", "tasks.syncs", "tasks.maintenance", "tasks.metrics"],
+             amqp="tasks.broker_connection:AMQP")
 # Lazy: the configuration (and, on the embedded default, the database server behind the broker
 # URL) is resolved on first use, after the CLI has put the URLs it chose into the environment.
 app.add_defaults(lambda: celery_config(context.settings(), context.resolved_database_url()))

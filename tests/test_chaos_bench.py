@@ -125,9 +125,25 @@ def test_the_worker_logs_say_what_ended_a_main_process(tmp_path: Path) -> None:
         "[2026-12-07 20:55:03,000: INFO/ForkPoolWorker-1] Task mailpipe.ingest[1] retry: Retry in 1s\n")
     (tmp_path / "worker-2.log").write_text(
         "[2026-12-07 20:56:00,000: CRITICAL/MainProcess] Unrecoverable error: WorkerLostError('Could not start "
-        "worker processes')\n")
+        "worker processes')\n"
+        "Traceback (most recent call last):\n"
+        '  File "/opt/venv/lib/python3.11/site-packages/celery/worker/worker.py", line 203, in start\n'
+        "    self.blueprint.start(self)\n"
+        '  File "/opt/venv/lib/python3.11/site-packages/celery/bootsteps.py", line 116, in start\n'
+        "    step.start(parent)\n"
+        '  File "/opt/venv/lib/python3.11/site-packages/billiard/pool.py", line 1046, in __init__\n'
+        "    self._create_worker_process(i)\n"
+        '  File "/opt/venv/lib/python3.11/site-packages/billiard/pool.py", line 1158, in _create_worker_process\n'
+        "    raise WorkerLostError('Could not start worker processes')\n"
+        "billiard.exceptions.WorkerLostError: Could not start worker processes\n"
+        "[2026-12-07 20:56:01,000: INFO/MainProcess] Task mailpipe.ingest[2] received\n"
+        '  File "/elsewhere.py", line 1, in not_this\n')
     counts = _log_counts(tmp_path)
     assert counts["unrecoverable"] == 2 and counts["pool_start_failed"] == 1 and counts["task_retry"] == 1
     assert counts["unrecoverable_errors"] == {
         "OperationalError('Error 111 connecting to 127.0.0.1:6379. Connection refused.')": 1,
         "WorkerLostError('Could not start worker processes')": 1}
+    assert counts["unrecoverable_raised_at"] == {
+        "no traceback": 1,  # the first log has none
+        "billiard/pool.py:1158 _create_worker_process < billiard/pool.py:1046 __init__ < "
+        "celery/bootsteps.py:116 start": 1}
