@@ -394,19 +394,29 @@ def _log_counts(folder: Path) -> dict[str, Any]:
             "unrecoverable_errors": dict(unrecoverable), "unrecoverable_raised_at": dict(raised_at)}
 
 
-_FRAME = re.compile(r'^\s*File "(?:.*/site-packages/|.*/work/[^/]+/)?([^"]+)", line (\d+), in (\S+)')
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _short_path(path: str) -> str:
+    """A traceback's file as a reader finds it: from the package down for an installed one, relative to
+    the project for ours."""
+    if "/site-packages/" in path:
+        return path.rsplit("/site-packages/", 1)[1]
+    root = f"{ROOT}/"
+    return path[len(root):] if path.startswith(root) else path
 
 
 def _innermost_frames(after: list[str], keep: int = 3) -> str:
-    """The innermost `keep` frames of the traceback that follows a log record, outermost first
-    ("kombu/transport/redis.py:1959 _connparams < ..."), or "no traceback"."""
+    """The innermost `keep` frames of the traceback that follows a log record, innermost first
+    ("kombu/transport/redis.py:1959 _connparams < kombu/transport/redis.py:2065 _get_pool < ..."),
+    or "no traceback"."""
     frames: list[str] = []
     for line in after:
         if line.startswith("["):  # the next log record: the traceback is over
             break
         m = _FRAME.match(line)
         if m:
-            frames.append(f"{m.group(1)}:{m.group(2)} {m.group(3)}")
+            frames.append(f"{_short_path(m.group(1))}:{m.group(2)} {m.group(3)}")
     return " < ".join(reversed(frames[-keep:])) or "no traceback"
 
 

@@ -8,11 +8,12 @@ that follows closes that channel again, which now gets as far as putting back th
 holds unacknowledged (our tasks are `acks_late`, so every task in flight) and needs a Redis client for
 it, built from the released transport: `AttributeError: 'NoneType' object has no attribute 'hostname'`.
 That is not a connection error, nothing catches it, and the worker's main process exits
-("Unrecoverable error"). A Redis restart while tasks ran ended every worker this way (bench.chaos; the
-test in tests/test_broker_restart.py, with kombu 5.7.0, redis 8.2).
+("Unrecoverable error"). It takes a worker below its prefetch limit (a BRPOP in flight) holding a task
+when Redis goes; bench.chaos saw one or both workers end this way at its Redis restart (kombu 5.7.0,
+redis 8.2; tests/test_broker_restart.py reproduces it).
 
 Here a connection whose transport has been released forgets its default channel: it cannot be closed
-any more. Its unacknowledged messages stay in Redis, where kombu keeps them from delivery until an ack,
+any more. Its unacknowledged messages stay in Redis's `unacked` hash, where kombu put them on delivery,
 and are delivered again once the visibility timeout has passed, as after any worker's crash; the
 worker itself reconnects and goes on.
 """
