@@ -514,15 +514,20 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("worker log: unrecoverable errors (of which a child killed at pool start)",
          f"{log['unrecoverable']} ({log['pool_start_failed']})"),
         ("worker log: what the unrecoverable errors said",
-         "; ".join(f"{k} ×{v}" for k, v in sorted(log["unrecoverable_errors"].items())).replace("|", "/") or "none"),
+         _tally(log["unrecoverable_errors"])),
         ("worker log: where they were raised (innermost frame first)",
-         "; ".join(f"{k} ×{v}" for k, v in sorted(log["unrecoverable_raised_at"].items())).replace("|", "/") or "none"),
+         _tally(log["unrecoverable_raised_at"])),
         ("worker log: broker connection lost / task retries",
          f"{log['broker_lost']} / {log['task_retry']}"),
         ("tasks that raised (by class)",
          ", ".join(f"{k}: {v}" for k, v in sorted(log["task_errors_by_class"].items())) or "none"),
         ("failures by stage/class", failures),
     ]
+
+
+def _tally(counts: dict[str, int]) -> str:
+    """"text ×n; ..." in a Markdown table cell (a "|" in the text would end the cell), or "none"."""
+    return "; ".join(f"{k} ×{v}" for k, v in sorted(counts.items())).replace("|", "/") or "none"
 
 
 def _command(args: argparse.Namespace) -> str:
