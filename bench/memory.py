@@ -139,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                       ["messages", "seconds", "peak worker process MiB", "peak pool MiB", "chunks embedded",
                        "pool children seen", "median child's peak MiB", "pool parent's peak MiB"],
                       rows, f"Peak worker RSS ratio {ratio} (target ≤ 1.10); whole pool ratio {pool_ratio}. "
-                      "A pool child is replaced once it has grown past a limit since its model loaded "
-                      "(tasks.child_memory: about once per embed task), so the larger import has more children "
-                      "and its largest peak is the largest of more of them (sampled every 0.2 s; the parent, "
-                      f"which runs no task, apart): the median child's peak, ratio {median_ratio}.")
+                      "A pool child is replaced once it has grown past a limit since its model loaded, "
+                      "read after it has handed its freed heap back (tasks.child_memory); pool children seen: "
+                      f"{small.children} and {large.children}. Where the larger import has more children, its "
+                      "largest peak is the largest of more of them (sampled every 0.2 s; the parent, which runs "
+                      f"no task, apart): the median child's peak, ratio {median_ratio}.")
     return 0 if ratio <= 1.10 else 1
 
 

@@ -58,11 +58,12 @@ def prefetch_multiplier(settings: Settings, broker: str) -> int:
 
 
 # KiB a pool child may grow since it became ready (tasks.child_memory) before it is replaced after its
-# task. With the local embedder torch's allocations fragment a child's heap: its first embed task grows
-# it by 70-140 MiB and each later one its peak by up to 30 more, so at 100 most children are replaced after their
-# first embed task and a worker's peak is that of one task whatever the mailbox's size
-# (docs/PERFORMANCE.md, memory). Otherwise nothing grows (all five stages in one process stayed at
-# 187 MiB for 50 windows): the limit only replaces a child that leaks.
+# task. With the local embedder torch's allocations fragment a child's heap: its first embed task grew
+# it by 70-140 MiB and each later one its peak by up to 30 more, so at 100 most children were replaced
+# after their first embed task. Most of that was freed heap the C allocator kept; handed back before
+# each check, a 20k import's two children ran to the end (docs/PERFORMANCE.md, twenty-first round), and
+# the limit is left to replace a child whose tasks keep what they allocate. Otherwise nothing grows
+# (all five stages in one process stayed at 187 MiB for 50 windows).
 LOCAL_EMBEDDER_GROWTH_MIB = 100
 GROWTH_MIB = 1024
 

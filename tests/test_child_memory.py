@@ -1,4 +1,5 @@
-"""tasks.child_memory: a pool child is replaced once it has grown past the limit since it was ready."""
+"""tasks.child_memory: a pool child is replaced once it has grown past the limit since it was ready, its
+freed heap handed back first."""
 
 from __future__ import annotations
 
@@ -52,6 +53,39 @@ def test_a_real_pool_replaces_a_child_that_grew_past_the_limit_whatever_its_size
         assert pool.apply_async(_hold, (0,)).get(timeout=60) == replacement  # which starts from nothing grown
     finally:
         pool.terminate()
+
+
+PINS: list[bytes] = []
+
+
+def _use_and_free(mib: int) -> int:
+    """Uses `mib` MiB in blocks of 100 KiB (the C heap, not mmap), keeps one block allocated after them
+    so the heap cannot shrink from its top, frees the rest; returns its pid."""
+    blocks = [bytes(100 * 1024) for _ in range(mib * 10)]
+    PINS.append(bytes(100 * 1024))
+    del blocks
+    return os.getpid()
+
+
+def test_a_real_pool_keeps_a_child_whose_tasks_freed_what_they_used() -> None:
+    """Freed heap held by the C allocator is handed back before the check: no growth, no replacement."""
+    limit = 20 * MIB
+    pool = billiard_pool.Pool(processes=1, max_memory_per_child=limit, initializer=_measure_growth_from_here,
+                              initargs=(limit,))
+    try:
+        first = pool.apply_async(_use_and_free, (0,)).get(timeout=60)
+        assert pool.apply_async(_use_and_free, (60,)).get(timeout=60) == first
+        assert pool.apply_async(_use_and_free, (0,)).get(timeout=60) == first  # kept: it holds nothing new
+    finally:
+        pool.terminate()
+
+
+def test_the_meter_releases_free_heap_before_each_reading() -> None:
+    calls: list[str] = []
+    meter = GrowthMeter(100 * MIB, rss=lambda: calls.append("rss") or 1000, release=lambda: calls.append("release"))
+    assert calls == ["rss"]  # the baseline
+    meter()
+    assert calls == ["rss", "release", "rss"]
 
 
 def test_a_worker_child_measures_its_growth_once_ready(mailpipe_env: dict[str, str]) -> None:
