@@ -99,7 +99,7 @@ def celery_config(settings: Settings, database_url: str) -> dict[str, Any]:
             "retry_on_timeout": True,
         }
     # kombu's SQLAlchemy transport passes every transport option to create_engine, so its polling
-    # interval cannot be tuned here; it polls each queue once a second.
+    # interval cannot be tuned here: tasks.embedded_broker sets it.
     return {
         "broker_url": broker,
         "broker_transport_options": transport,

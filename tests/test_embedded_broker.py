@@ -1,4 +1,4 @@
-"""tasks.app's changes to kombu's SQLAlchemy transport, the embedded default's broker."""
+"""tasks.embedded_broker: its changes to kombu's SQLAlchemy transport, the embedded default's broker."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from queue import Empty
 import pytest
 from celery.worker import state as worker_state
 from kombu import Connection
+from sqlalchemy import create_engine, text
 
-import tasks.app  # noqa: F401  (it patches the transport)
+import tasks.app  # noqa: F401  (it installs tasks.embedded_broker)
 
 
 class CountingCycle:
@@ -56,3 +57,85 @@ def test_a_worker_asked_to_stop_polls_no_more(monkeypatch: pytest.MonkeyPatch, f
     # Celery's loop drains once more after its shutdown check raised; a warm stop's code is 0 (EX_OK).
     monkeypatch.setattr(worker_state, flag, code)
     assert _drain(2.0) == (0, True)
+
+
+# ---------------------------------------------------------------- getting and putting, on a real PostgreSQL
+
+
+@pytest.fixture
+def broker_url(empty_database: str) -> str:
+    # A lock waited for fails after 3 s instead of hanging the test (kombu's own get waited).
+    engine = create_engine(empty_database, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{engine.url.database}" SET lock_timeout = \'3s\''))
+    finally:
+        engine.dispose()
+    return "sqla+" + empty_database
+
+
+def _rows(url: str) -> list[tuple[str, bool, int, bool]]:
+    """(queue, visible, version, has a timestamp) of every message, oldest first."""
+    engine = create_engine(url.removeprefix("sqla+"))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(
+                "SELECT q.name, m.visible, m.version, m.timestamp IS NOT NULL FROM kombu_message m "
+                "JOIN kombu_queue q ON q.id = m.queue_id ORDER BY m.id"))]
+    finally:
+        engine.dispose()
+
+
+def test_messages_come_back_oldest_first_each_once_and_hidden_as_kombu_hid_them(broker_url: str) -> None:
+    with Connection(broker_url) as conn:
+        channel = conn.default_channel
+        for n in range(3):
+            channel._put("normalize", {"n": n})
+        channel._put("ai", {"n": "other queue"})
+        assert [channel._get("normalize")["n"] for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(Empty):
+            channel._get("normalize")
+        assert channel._get("ai") == {"n": "other queue"}
+    # Taken messages stay as rows, hidden, their version bumped and their timestamp set: kombu's ORM update.
+    assert _rows(broker_url) == [("normalize", False, 2, True)] * 3 + [("ai", False, 2, True)]
+
+
+def test_two_consumers_never_take_the_same_message(broker_url: str) -> None:
+    with Connection(broker_url) as first, Connection(broker_url) as second:
+        a, b = first.default_channel, second.default_channel
+        for n in range(20):
+            a._put("ingest", {"n": n})
+        taken: list[int] = []
+        for _ in range(10):
+            taken += [a._get("ingest")["n"], b._get("ingest")["n"]]
+        assert sorted(taken) == list(range(20))
+
+
+def test_a_locked_message_is_skipped_not_waited_for(broker_url: str) -> None:
+    with Connection(broker_url) as conn:
+        channel = conn.default_channel
+        channel._put("ingest", {"n": 0})
+        channel._put("ingest", {"n": 1})
+    engine = create_engine(broker_url.removeprefix("sqla+"))
+    try:
+        with engine.connect() as holder:  # another consumer in the middle of taking the oldest
+            holder.execute(text("SELECT id FROM kombu_message ORDER BY id LIMIT 1 FOR UPDATE"))
+            with Connection(broker_url) as conn:
+                assert conn.default_channel._get("ingest") == {"n": 1}
+            holder.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_a_worker_consumes_what_a_producer_published(broker_url: str) -> None:
+    """Through kombu's public API: queue declared, message published, consumed and acknowledged."""
+    from kombu import Exchange, Queue
+
+    queue = Queue("normalize", Exchange("normalize"), routing_key="normalize")
+    received: list[object] = []
+    with Connection(broker_url) as conn:
+        conn.Producer().publish({"window": 7}, exchange=queue.exchange, routing_key="normalize",
+                                declare=[queue], serializer="json")
+        with conn.Consumer(queue, callbacks=[lambda body, message: (received.append(body), message.ack())]):
+            conn.drain_events(timeout=2)
+    assert received == [{"window": 7}]
