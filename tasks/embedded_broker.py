@@ -21,7 +21,8 @@
   never deleted (kombu has no delete for them), so their ids are kept per channel once read, and a
   get is one UPDATE ... RETURNING of the oldest visible message (skipping one another consumer has
   locked, which its UPDATE then hides) and a COMMIT. What it writes is what kombu's ORM wrote: the
-  message hidden (`visible` false), its version bumped, its timestamp set to the local time.
+  message hidden (`visible` false), its version bumped, its timestamp set to the local time. The SQL
+  is PostgreSQL's (SKIP LOCKED): mailpipe's SQL broker is always its own database (tasks.config).
 """
 
 from __future__ import annotations
