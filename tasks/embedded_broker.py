@@ -38,7 +38,6 @@ from kombu.transport import sqlalchemy as sqla_transport
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from sqlalchemy import Table, TextClause, insert, text
-from sqlalchemy.exc import OperationalError
 
 POLL_SECONDS = 0.1
 
@@ -113,9 +112,9 @@ def _put(self: sqla_transport.Channel, queue: str, payload: Any, **_: Any) -> No
     try:
         self.session.execute(statement)
         self.session.commit()
-    except OperationalError:
+    except BaseException:
         # As kombu's: re-raised so the publish fails (and can be retried) instead of reporting success
-        # for a message that was never stored.
+        # for a message that was never stored; rolled back, as in _get, so the session can be used again.
         self.session.rollback()
         raise
 
